@@ -1,0 +1,79 @@
+"""Small shared helpers: hashing, memory, timing, progress bars."""
+from __future__ import annotations
+
+import hashlib
+import os
+import resource
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+
+def sha256_file(path, chunk: int = 1 << 20) -> str:
+    """sha256 hex digest of a file, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while True:
+            b = f.read(chunk)
+            if not b:
+                break
+            h.update(b)
+    return h.hexdigest()
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process so far, in MB."""
+    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return r / 1024.0 if sys.platform != "darwin" else r / (1024.0 * 1024.0)
+
+
+def current_rss_mb() -> float:
+    import psutil
+
+    return psutil.Process(os.getpid()).memory_info().rss / (1024.0 * 1024.0)
+
+
+@contextmanager
+def timer():
+    """``with timer() as t: ...`` then ``t()`` gives elapsed seconds."""
+    t0 = time.perf_counter()
+    end = [None]
+    yield lambda: (end[0] if end[0] is not None else time.perf_counter()) - t0
+    end[0] = time.perf_counter()
+
+
+def progress(transient: bool = False, unit: str = "items"):
+    """A rich progress bar with rate and ETA; use as ``with progress() as p: t = p.add_task(...)``.
+
+    Writes to stderr so that stdout stays clean for ``--json`` output.
+    """
+    from rich.console import Console
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                               TimeElapsedColumn, TimeRemainingColumn)
+    from rich.progress import ProgressColumn
+    from rich.text import Text
+
+    class Rate(ProgressColumn):
+        def render(self, task):
+            speed = task.finished_speed or task.speed
+            if speed is None:
+                return Text(f"? {unit}/s", style="progress.data.speed")
+            return Text(f"{speed:,.0f} {unit}/s", style="progress.data.speed")
+
+    return Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        Rate(),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        transient=transient,
+    )
+
+
+def relpath_from(target, base_dir) -> str:
+    """Path of ``target`` relative to ``base_dir`` (POSIX separators), for portable stores."""
+    return Path(os.path.relpath(Path(target).resolve(), Path(base_dir).resolve())).as_posix()
