@@ -1,0 +1,330 @@
+"""Legacy Spatial Transcriptomics (ST, 1k/2k arrays; the STUtility / st_pipeline layout).
+
+Per section three files:
+
+- a count table, spots x genes (tab-separated, optionally gzipped); the first column holds the
+  spot id ``XxY`` (array coordinates, e.g. ``10x21``; some pipelines write adjusted, non-integer
+  ``10.02x20.97``). A genes x spots table (spot ids as the header) is detected and transposed.
+- an alignment table with columns ``x y new_x new_y pixel_x pixel_y selected`` (one row per
+  array spot): ``x y`` are the array coordinates the spot ids use, ``pixel_x pixel_y`` the spot
+  centre in the H&E image, ``selected`` 1 for spots under the tissue.
+- the H&E image.
+
+Spot ids are matched to the alignment's ``(x, y)`` after rounding to the nearest integer (the
+rounding is reported). Only selected (under-tissue) spots are kept unless ``all_spots``.
+
+The spot diameter in pixels is derived from the alignment: the pixel distance between
+neighbouring spots divided by their array distance gives pixels per array unit; one array unit
+is 100 um on the staggered 2k array (neighbours at (+-1, +-1)) and 200 um on the 1k array
+(neighbours at (+-1, 0)); ST spots are 100 um across.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from ..errors import InputError
+from .spots import SpotSection, check_inside, image_shape
+
+ALIGNMENT_COLUMNS = ("x", "y", "pixel_x", "pixel_y", "selected")
+SPOT_ID = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*x\s*(-?\d+(?:\.\d+)?)\s*$")
+ST_SPOT_DIAMETER_UM = 100.0
+
+
+def _parse_ids(ids) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(x, y, ok) from ``XxY`` spot ids."""
+    xs, ys, ok = [], [], []
+    for s in ids:
+        m = SPOT_ID.match(str(s))
+        if m:
+            xs.append(float(m.group(1)))
+            ys.append(float(m.group(2)))
+            ok.append(True)
+        else:
+            xs.append(np.nan)
+            ys.append(np.nan)
+            ok.append(False)
+    return np.asarray(xs), np.asarray(ys), np.asarray(ok)
+
+
+def read_st_counts(path) -> tuple[np.ndarray, list[str], sp.csr_matrix, str]:
+    """Read an ST count table; returns (spot_ids, genes, counts csr [spots, genes], orientation)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("count table not found", file=path)
+    try:
+        head = pd.read_csv(path, sep="\t", nrows=3, index_col=0)
+    except Exception as e:  # noqa: BLE001
+        raise InputError(f"cannot read as a tab-separated table ({e})", file=path) from None
+    idx_ok = _parse_ids(head.index)[2].mean() if len(head.index) else 0.0
+    col_ok = _parse_ids(head.columns)[2].mean() if len(head.columns) else 0.0
+    if idx_ok < 0.5 and col_ok < 0.5:
+        raise InputError("neither the first column nor the header holds spot ids of the form "
+                         "XxY (e.g. 10x21)", file=path,
+                         fix="give the ST count table whose rows (or columns) are named by array "
+                             "coordinates 'XxY'")
+    orientation = "spots x genes" if idx_ok >= col_ok else "genes x spots (transposed)"
+    df = pd.read_csv(path, sep="\t", index_col=0)
+    if orientation != "spots x genes":
+        df = df.T
+    spot_ids = np.asarray([str(s).strip() for s in df.index], dtype=object)
+    genes = [str(g) for g in df.columns]
+    vals = df.to_numpy()
+    transposed = orientation != "spots x genes"
+
+    def where(r, c):  # (1-based file data row, column name) of vals[r, c]
+        return (c + 1, str(spot_ids[r])) if transposed else (r + 1, genes[c])
+
+    if not np.issubdtype(vals.dtype, np.number):
+        num = df.apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
+        bad = np.isnan(num) & ~pd.isna(vals)  # text, not merely empty
+        r, c = np.argwhere(bad if bad.any() else np.isnan(num))[0]
+        row, col = where(r, c)
+        raise InputError(f"non-numeric count '{vals[r, c]}'", file=path, row=row, column=col,
+                         fix="the count table must hold numbers only (after the id column)")
+    if np.isnan(vals).any():
+        r, c = np.argwhere(np.isnan(vals))[0]
+        row, col = where(r, c)
+        raise InputError("missing count", file=path, row=row, column=col,
+                         fix="fill missing counts with 0")
+    if (vals < 0).any():
+        r, c = np.argwhere(vals < 0)[0]
+        row, col = where(r, c)
+        raise InputError(f"negative count {vals[r, c]}", file=path, row=row, column=col,
+                         fix="give raw (non-negative) counts")
+    return spot_ids, genes, sp.csr_matrix(vals.astype(np.float32)), orientation
+
+
+def read_alignment(path) -> pd.DataFrame:
+    """Read an ST alignment table (tab-separated; columns x y [new_x new_y] pixel_x pixel_y
+    selected)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("alignment table not found", file=path)
+    try:
+        a = pd.read_csv(path, sep=None, engine="python")
+    except Exception as e:  # noqa: BLE001
+        raise InputError(f"cannot read the alignment table ({e})", file=path) from None
+    a.columns = [str(c).strip() for c in a.columns]
+    missing = [c for c in ALIGNMENT_COLUMNS if c not in a.columns]
+    if missing:
+        raise InputError(f"missing column(s) {', '.join(missing)} (has: {', '.join(a.columns)})",
+                         file=path, column=missing[0],
+                         fix="the ST alignment table needs columns x y pixel_x pixel_y selected")
+    for col in ALIGNMENT_COLUMNS:
+        v = pd.to_numeric(a[col], errors="coerce")
+        if v.isna().any():
+            r = int(np.flatnonzero(v.isna().to_numpy())[0])
+            raise InputError(f"not a number: '{a[col].iloc[r]}'", file=path, row=r + 1, column=col)
+        a[col] = v
+    key = list(zip(np.round(a["x"]).astype(int), np.round(a["y"]).astype(int)))
+    if len(set(key)) != len(key):
+        seen = set()
+        for r, k in enumerate(key):
+            if k in seen:
+                raise InputError(f"array position {k[0]}x{k[1]} appears twice", file=path,
+                                 row=r + 1, column="x")
+            seen.add(k)
+    return a
+
+
+def spot_geometry(align: pd.DataFrame, spot_diameter_um: float = ST_SPOT_DIAMETER_UM,
+                  array_unit_um: float | None = None) -> dict:
+    """Spot diameter and pixel size from the alignment table (all array spots).
+
+    Pixels per array unit = median over spots of (pixel distance to the nearest neighbour /
+    array distance to that same neighbour). The array layout is recognised from the nearest
+    array distance: about sqrt(2) -> staggered 2k array (1 unit = 100 um); about 1 -> 1k array
+    (1 unit = 200 um). ``array_unit_um`` overrides that.
+    """
+    from scipy.spatial import cKDTree
+
+    arr = align[["x", "y"]].to_numpy(np.float64)
+    pix = align[["pixel_x", "pixel_y"]].to_numpy(np.float64)
+    if len(arr) < 3:
+        raise InputError("the alignment table has fewer than 3 spots; cannot derive the spot "
+                         "size", fix="give the full alignment table (one row per array spot)")
+    d_arr, j = cKDTree(arr).query(arr, k=2)
+    d_arr, j = d_arr[:, 1], j[:, 1]
+    d_pix = np.linalg.norm(pix - pix[j], axis=1)
+    px_per_unit = float(np.median(d_pix / d_arr))
+    nn_arr = float(np.median(d_arr))
+    if array_unit_um is None:
+        if abs(nn_arr - np.sqrt(2)) < 0.15:
+            layout, array_unit_um = "staggered 2k array (neighbours at +-1,+-1)", 100.0
+        elif abs(nn_arr - 1.0) < 0.15:
+            layout, array_unit_um = "1k array (neighbours at +-1,0)", 200.0
+        else:
+            raise InputError(f"unrecognised ST array layout: median distance between "
+                             f"neighbouring array positions is {nn_arr:.3f}",
+                             fix="give --array-unit-um (micrometres per array coordinate unit)")
+    else:
+        layout = "given by --array-unit-um"
+    um_per_px = array_unit_um / px_per_unit
+    return {"layout": layout, "array_unit_um": float(array_unit_um),
+            "px_per_array_unit": px_per_unit,
+            "median_neighbour_px": float(np.median(d_pix)),
+            "median_neighbour_array_units": nn_arr,
+            "pixel_size_um": float(um_per_px),
+            "spot_diameter_um": float(spot_diameter_um),
+            "spot_diameter_px": float(spot_diameter_um / um_per_px)}
+
+
+def read_st_section(counts, alignment, image, sample: str | None = None, *,
+                    all_spots: bool = False, tissue: str = "unknown",
+                    spot_diameter_um: float = ST_SPOT_DIAMETER_UM,
+                    array_unit_um: float | None = None) -> SpotSection:
+    """Read one legacy-ST section into a :class:`SpotSection`.
+
+    Parameters
+    ----------
+    counts, alignment, image : paths of the count table, alignment table and H&E image.
+    sample : section name (default: the count file's name without extensions).
+    all_spots : keep spots outside the tissue too (default: only ``selected == 1``).
+    tissue : tissue label for the section.
+    spot_diameter_um : spot diameter (ST: 100 um).
+    array_unit_um : micrometres per array unit (default: recognised from the layout).
+    """
+    counts, alignment, image = Path(counts), Path(alignment), Path(image)
+    if sample is None:
+        sample = re.sub(r"(\.tsv|\.txt|\.csv)?(\.gz)?$", "", counts.name) or counts.name
+    spot_ids, genes, M, orientation = read_st_counts(counts)
+    a = read_alignment(alignment)
+    h, w, c = image_shape(image)
+
+    cx, cy, ok = _parse_ids(spot_ids)
+    if not ok.all():
+        r = int(np.flatnonzero(~ok)[0])
+        raise InputError(f"spot id '{spot_ids[r]}' is not of the form XxY", file=counts,
+                         row=r + 1, fix="ST spot ids are array coordinates, e.g. 10x21")
+    rx, ry = np.round(cx).astype(int), np.round(cy).astype(int)
+    non_integer = int(((cx != rx) | (cy != ry)).sum())
+    pos = {k: i for i, k in enumerate(zip(np.round(a["x"]).astype(int),
+                                          np.round(a["y"]).astype(int)))}
+    arow = np.asarray([pos.get(k, -1) for k in zip(rx, ry)])
+    matched = arow >= 0
+    sel = np.zeros(len(arow), dtype=bool)
+    sel[matched] = a["selected"].to_numpy()[arow[matched]] == 1
+    keep = matched if all_spots else sel
+    n_sel_align = int((a["selected"] == 1).sum())
+    sel_keys = {k for k, s in zip(zip(np.round(a["x"]).astype(int), np.round(a["y"]).astype(int)),
+                                  a["selected"]) if s == 1}
+    sel_with_counts = len(sel_keys & set(zip(rx[matched], ry[matched])))
+    unmatched = [str(s) for s in spot_ids[~matched]]
+    if not matched.any():
+        raise InputError("no spot id of the count table matches an (x, y) of the alignment "
+                         "table", file=counts,
+                         fix=f"check that {alignment.name} belongs to this section")
+    geo = spot_geometry(a, spot_diameter_um, array_unit_um)
+    idx = np.flatnonzero(keep)
+    px = a["pixel_x"].to_numpy(np.float64)[arow[idx]]
+    py = a["pixel_y"].to_numpy(np.float64)[arow[idx]]
+    check_inside(sample, px, py, h, w, alignment, "spot centres (pixel_x, pixel_y)",
+                 fix=f"the alignment's pixel coordinates must be in the pixels of {image.name}; "
+                     "was the image resized after alignment?")
+    totals = np.asarray(M.sum(axis=1), dtype=np.float64).ravel()
+    report = {
+        "counts_orientation": orientation,
+        "spots_in_counts": int(len(spot_ids)),
+        "spots_in_alignment": int(len(a)),
+        "spots_matched": int(matched.sum()),
+        "match_rate": float(matched.mean()),
+        "spot_ids_rounded": non_integer,
+        "spots_dropped_unmatched": int((~matched).sum()),
+        "unmatched_examples": unmatched[:20],
+        "selected_in_alignment": n_sel_align,
+        "selected_with_counts": int(sel_with_counts),
+        "spots_selected": int(sel.sum()),
+        "spots_kept": int(len(idx)),
+        "all_spots": bool(all_spots),
+        "spot_diameter_px": geo["spot_diameter_px"],
+        "geometry": geo,
+    }
+    image_attrs = {
+        "kind": "file", "path": str(image.resolve()), "mask_path": "",
+        "height": h, "width": w, "channels": c,
+        "pixel_size_um": geo["pixel_size_um"],
+        "pixel_size_source": (f"derived from the spot pitch: {geo['array_unit_um']:g} um per "
+                              f"array unit / {geo['px_per_array_unit']:.3f} px per array unit "
+                              f"({geo['layout']})"),
+        "spot_diameter_px": geo["spot_diameter_px"],
+        "spot_diameter_um": geo["spot_diameter_um"],
+        "platform": "ST",
+        "description": f"H&E image of ST section {sample}; spot centres from {alignment.name} "
+                       f"(pixel_x, pixel_y)",
+    }
+    return SpotSection(
+        sample=sample, spot_ids=spot_ids[idx], x=px, y=py, counts=M[idx], genes=genes,
+        image=image_attrs, totals=totals[idx], tissue=tissue,
+        extra={
+            "array_x": (rx[idx], "ST array x coordinate (from the spot id, rounded)", None),
+            "array_y": (ry[idx], "ST array y coordinate (from the spot id, rounded)", None),
+            "in_tissue": (sel[idx], "spot under the tissue (alignment 'selected' == 1)", None),
+        },
+        inputs=[counts, alignment, image], report=report)
+
+
+def parse_section_spec(spec: str, base: Path | None = None) -> tuple[Path, Path, Path, str | None]:
+    """``COUNTS,ALIGNMENT,IMAGE[,NAME]`` -> paths (+ name); relative paths against ``base``."""
+    parts = [p.strip() for p in spec.split(",")]
+    if len(parts) not in (3, 4) or not all(parts[:3]):
+        raise InputError(f"--section '{spec}': expected COUNTS,ALIGNMENT,IMAGE[,NAME]",
+                         fix="e.g. --section MOB1.tsv.gz,alignment_table_MOB1.tsv,MOB1.jpg,MOB1")
+    paths = [Path(p) if base is None or Path(p).is_absolute() else base / p for p in parts[:3]]
+    return paths[0], paths[1], paths[2], (parts[3] if len(parts) == 4 and parts[3] else None)
+
+
+def read_manifest(path) -> list[tuple[Path, Path, Path, str | None]]:
+    """A CSV/TSV manifest with columns counts, alignment, image[, sample]; relative paths are
+    resolved against the manifest's folder."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("manifest not found", file=path)
+    m = pd.read_csv(path, sep=None, engine="python", dtype=str)
+    m.columns = [c.strip().lower() for c in m.columns]
+    for col in ("counts", "alignment", "image"):
+        if col not in m.columns:
+            raise InputError(f"missing column '{col}' (has: {', '.join(m.columns)})", file=path,
+                             column=col, fix="columns: counts, alignment, image[, sample]")
+    out = []
+    for r, row in enumerate(m.itertuples(index=False), start=1):
+        vals = []
+        for col in ("counts", "alignment", "image"):
+            v = getattr(row, col)
+            if not isinstance(v, str) or not v.strip():
+                raise InputError("empty path", file=path, row=r, column=col)
+            p = Path(v.strip())
+            vals.append(p if p.is_absolute() else path.parent / p)
+        name = getattr(row, "sample", None) if "sample" in m.columns else None
+        out.append((vals[0], vals[1], vals[2], name.strip() if isinstance(name, str) and
+                    name.strip() else None))
+    return out
+
+
+def read_st_sections(specs: Sequence[tuple], **kwargs) -> list[SpotSection]:
+    """Read several sections given as ``(counts, alignment, image, name_or_None)`` tuples."""
+    return [read_st_section(c, a, i, n, **kwargs) for c, a, i, n in specs]
+
+
+def ingest_st(specs: Sequence[tuple], out, *, all_spots: bool = False, tissue: str = "unknown",
+              normalize: str = "log1p-cpt", scale: float = 100.0, genes: str = "all",
+              force: bool = False, spot_diameter_um: float = ST_SPOT_DIAMETER_UM,
+              array_unit_um: float | None = None, command=None, show_progress: bool = True) -> dict:
+    """Ingest legacy-ST sections into one new store; returns the write summary
+    (see :func:`tabst.ingest.spots.write_spot_store`)."""
+    from .spots import write_spot_store
+
+    if not specs:
+        raise InputError("no ST section given",
+                         fix="give COUNTS ALIGNMENT IMAGE, or --section COUNTS,ALIGNMENT,IMAGE"
+                             "[,NAME] (repeatable), or --manifest FILE")
+    sections = read_st_sections(specs, all_spots=all_spots, tissue=tissue,
+                                spot_diameter_um=spot_diameter_um, array_unit_um=array_unit_um)
+    return write_spot_store(sections, out, normalize=normalize, scale=scale, genes=genes,
+                            force=force, command=command, platform="ST",
+                            show_progress=show_progress)
