@@ -23,7 +23,19 @@ def sha256_file(path, chunk: int = 1 << 20) -> str:
 
 
 def peak_rss_mb() -> float:
-    """Peak resident set size of this process so far, in MB."""
+    """Peak resident set size of this process so far, in MB.
+
+    Reads ``VmHWM`` from /proc (reset at exec, so a subprocess reports its own peak); falls back
+    to ``getrusage`` where /proc is missing (that one survives exec: a child started from a large
+    parent would report the parent's peak).
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
     r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return r / 1024.0 if sys.platform != "darwin" else r / (1024.0 * 1024.0)
 

@@ -1,0 +1,208 @@
+"""Peak memory of `tabst ingest crunch` vs image size and tile size.
+
+Writes synthetic Crunch 1 style SpatialData zarrs (4k x 4k and 16k x 16k px; a nucleus every
+32 px, ~16k and ~262k labelled nuclei crossing chunk and tile borders) lazily with dask +
+spatialdata, then measures in a fresh subprocess each:
+
+- ``centroids``: the tile-by-tile centroid pass over the label image (the part that touches
+  the pixels), after ``spatialdata.read_zarr`` (which loads the tables: that memory grows with
+  the number of cells and is reported separately as ``after_read_zarr``);
+- ``ingest``: the whole ``ingest_crunch`` (tables with 10 genes, store written).
+
+Peak RSS should follow the tile size, not the image size (16k² has 16x the pixels of 4k²).
+Peaks are the kernel's high-water mark (VmHWM) of a fresh process; "step peak" is the rise
+above the RSS just before the measured step. Note: zarr decodes chunks in a thread pool and
+glibc keeps one malloc arena per thread, so the step peak includes a bounded, image-size
+independent allocator overhead (about threads x chunk bytes) that a 4-tile image does not fully
+reach.
+
+    .venv/bin/python benchmarks/crunch_ingest.py [--workdir DIR] [--tile 2048] [--quick]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+SPACING = 32     # one nucleus per 32 x 32 px grid cell
+N_GENES = 10
+CHUNK = 2048
+
+
+def _labels_block(block_info=None):
+    """Nuclei as discs around jittered grid points; deterministic, so blocks agree at borders."""
+    (y0, y1), (x0, x1) = block_info[None]["array-location"]
+    width = block_info[None]["shape"][1]
+    ngx = -(-width // SPACING)
+    yy = np.arange(y0, y1)[:, None]
+    xx = np.arange(x0, x1)[None, :]
+    gy, gx = yy // SPACING, xx // SPACING
+    h = ((gy * 73856093) ^ (gx * 19349663)) & 0xFFFF
+    cy = gy * SPACING + SPACING // 2 + (h % 9) - 4
+    cx = gx * SPACING + SPACING // 2 + ((h >> 4) % 9) - 4
+    r = 5 + (h >> 8) % 7  # radius 5..11 (stays inside its grid cell)
+    inside = (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+    return np.where(inside, gy * ngx + gx + 1, 0).astype(np.uint32)
+
+
+def write_synthetic(path: Path, size: int) -> int:
+    """Write a Crunch-layout zarr of ``size`` x ``size`` px; returns the number of nuclei."""
+    import anndata as ad
+    import dask
+    import dask.array as da
+    import pandas as pd
+    import spatialdata as sd
+    from spatialdata.models import Image2DModel, Labels2DModel, TableModel
+
+    lab = da.map_blocks(_labels_block, dtype=np.uint32,
+                        chunks=da.core.normalize_chunks((CHUNK, CHUNK), (size, size)))
+    img = da.full((3, size, size), 200, dtype=np.uint8, chunks=(3, CHUNK, CHUNK))
+    ng = -(-size // SPACING)
+    ids = np.arange(1, ng * ng + 1)
+    rng = np.random.default_rng(0)
+    groups = rng.choice(["train", "validation", "test"], size=len(ids), p=[0.6, 0.2, 0.2])
+    train = ids[groups == "train"]
+    counts = rng.poisson(2.0, size=(len(train), N_GENES)).astype(np.float32)
+    X = np.log1p(counts / np.maximum(counts.sum(1, keepdims=True), 1) * 100).astype(np.float32)
+    a = ad.AnnData(X=X, obs=pd.DataFrame({"cell_id": train}, index=train.astype(str)),
+                   var=pd.DataFrame(index=[f"G{i}" for i in range(N_GENES)]))
+    a.layers["counts"] = counts
+    g = ad.AnnData(obs=pd.DataFrame({"cell_id": ids, "group": groups}, index=ids.astype(str)))
+    with warnings.catch_warnings(), dask.config.set(scheduler="threads", num_workers=2):
+        warnings.simplefilter("ignore")
+        sdata = sd.SpatialData(
+            images={"HE_original": Image2DModel.parse(img, dims=("c", "y", "x"))},
+            labels={"HE_nuc_original": Labels2DModel.parse(lab, dims=("y", "x"))},
+            tables={"anucleus": TableModel.parse(a), "cell_id-group": TableModel.parse(g)})
+        sdata.write(os.fspath(path))
+    return len(ids)
+
+
+def _proc_status_mb(key: str) -> float:
+    import re
+
+    with open("/proc/self/status") as fh:
+        return int(re.search(rf"{key}:\s+(\d+)", fh.read()).group(1)) / 1024.0
+
+
+def _child(mode: str, zarr: str, tile: int, out: str) -> None:
+    """Runs in a fresh process: one measurement, prints one JSON line.
+
+    Peak RSS is the kernel's high-water mark (VmHWM), reset after the imports (``clear_refs``),
+    so ``work_peak_mb`` is what the measured step itself adds on top of the loaded libraries.
+    (``getrusage`` ru_maxrss is not used: after fork+exec it still reports the parent's peak.)
+    """
+    import spatialdata as sd
+
+    from tabst.ingest.crunch import _quiet, _scale0, ingest_crunch, label_centroids
+
+    def reset_peak():
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")  # reset VmHWM to the current RSS
+
+    base = _proc_status_mb("VmRSS")
+    reset_peak()
+    t0 = time.perf_counter()
+    extra = {}
+    if mode == "centroids":
+        with _quiet():
+            sdata = sd.read_zarr(zarr)  # tables in memory, pixels lazy
+        extra["after_read_zarr_mb"] = _proc_status_mb("VmRSS")
+        base = extra["after_read_zarr_mb"]  # measure the tile pass alone
+        reset_peak()
+        t0 = time.perf_counter()
+        c = label_centroids(_scale0(sdata.labels["HE_nuc_original"]).data, tile)
+        n = len(c)
+    else:
+        res = ingest_crunch([zarr], out, tile=tile, force=True, show_progress=False)
+        n = res.n_cells
+    peak = _proc_status_mb("VmHWM")
+    print(json.dumps({"peak_rss_mb": peak, "baseline_rss_mb": base, "work_peak_mb": peak - base,
+                      "seconds": time.perf_counter() - t0, "n": n, **extra}))
+
+
+def measure(mode: str, zarr: Path, tile: int, workdir: Path) -> dict:
+    cmd = [sys.executable, __file__, "--child", mode, str(zarr), str(tile),
+           str(workdir / f"store-{zarr.stem}-{tile}.h5")]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if r.returncode != 0:
+        raise SystemExit(f"child failed: {' '.join(cmd)}\n{r.stderr[-3000:]}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--workdir", type=Path, default=None,
+                    help="where the synthetic zarrs go (kept; reused when present)")
+    ap.add_argument("--tile", type=int, default=2048)
+    ap.add_argument("--quick", action="store_true", help="2k and 8k images instead of 4k and 16k")
+    args = ap.parse_args()
+    workdir = args.workdir or Path(tempfile.gettempdir()) / "tabst-bench-crunch"
+    workdir.mkdir(parents=True, exist_ok=True)
+    small, large = (2048, 8192) if args.quick else (4096, 16384)
+    zarrs = {}
+    for size in (small, large):
+        z = workdir / f"synth{size}.zarr"
+        if not (z / "zarr.json").exists() and not (z / ".zgroup").exists():
+            t0 = time.perf_counter()
+            n = write_synthetic(z, size)
+            print(f"wrote {z} ({size}x{size} px, {n:,} nuclei) in {time.perf_counter() - t0:.1f} s")
+        zarrs[size] = z
+    res = {}
+    runs = [("centroids", small, args.tile), ("centroids", large, args.tile),
+            ("centroids", large, args.tile // 2), ("centroids", large, args.tile * 2),
+            ("ingest", small, args.tile), ("ingest", large, args.tile)]
+    print(f"{'mode':<10} {'image':>7} {'tile':>5} {'nuclei':>8} {'peak RSS MB':>12} "
+          f"{'before step':>12} {'step peak MB':>13} {'seconds':>8}")
+    for mode, size, tile in runs:
+        m = measure(mode, zarrs[size], tile, workdir)
+        res[(mode, size, tile)] = m
+        print(f"{mode:<10} {size:>6}² {tile:>5} {m['n']:>8,} {m['peak_rss_mb']:>12.0f} "
+              f"{m['baseline_rss_mb']:>12.0f} {m['work_peak_mb']:>13.0f} {m['seconds']:>8.1f}")
+    t = args.tile
+    c_s, c_l = res[("centroids", small, t)], res[("centroids", large, t)]
+    i_s, i_l = res[("ingest", small, t)], res[("ingest", large, t)]
+    ratio = c_l["peak_rss_mb"] / c_s["peak_rss_mb"]
+
+    def mb(m):
+        return round(m["peak_rss_mb"], 1)
+
+    def work(m):
+        return round(m["work_peak_mb"], 1)
+
+    print(json.dumps({
+        "benchmark": "crunch_ingest",
+        "sizes_px": [small, large], "tile": t,
+        "centroids_peak_rss_mb": {str(small): mb(c_s), str(large): mb(c_l)},
+        "centroids_work_peak_mb": {str(small): work(c_s), str(large): work(c_l)},
+        "centroids_work_peak_mb_large_by_tile": {
+            str(k[2]): work(v) for k, v in sorted(res.items(), key=lambda kv: kv[0][2])
+            if k[0] == "centroids" and k[1] == large},
+        "ingest_peak_rss_mb": {str(small): mb(i_s), str(large): mb(i_l)},
+        "ingest_work_peak_mb": {str(small): work(i_s), str(large): work(i_l)},
+        "rss_after_read_zarr_mb": {str(small): round(c_s["after_read_zarr_mb"], 1),
+                                   str(large): round(c_l["after_read_zarr_mb"], 1)},
+        "centroid_seconds": {str(small): round(c_s["seconds"], 1),
+                             str(large): round(c_l["seconds"], 1)},
+        "large_over_small_centroids": round(ratio, 3),
+        "large_over_small_centroid_step": round(c_l["work_peak_mb"] / c_s["work_peak_mb"], 3),
+        "large_over_small_ingest": round(i_l["peak_rss_mb"] / i_s["peak_rss_mb"], 3),
+        "goal": f"{large}² centroid run peak RSS <= 1.5 x {small}² (16x the pixels, same tile)",
+        "met": bool(ratio <= 1.5),
+    }))
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+        _child(*sys.argv[2:4], int(sys.argv[4]), sys.argv[5])
+    else:
+        main()

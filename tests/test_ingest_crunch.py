@@ -1,0 +1,289 @@
+"""`tabst ingest crunch`: Crunch 1 SpatialData zarr fixtures written with the real libraries."""
+from __future__ import annotations
+
+import os
+import warnings
+
+import numpy as np
+import pytest
+
+pytest.importorskip("spatialdata")
+
+from tabst.errors import InputError, TabstError
+from tabst.ingest.crunch import (EXPRESSION_TRANSFORM, ZarrSampleImage, ingest_crunch,
+                                 label_centroids)
+from tabst.store import cells_frame, open_store, read_strings
+
+SIZE = 2000
+TILE = 256
+GENES = [f"G{i:02d}" for i in range(20)]
+
+
+def _draw_mask(rng, size=SIZE, n=300):
+    """Random discs with random (non-sequential, large) ids, plus nuclei placed on purpose on
+    tile corners / borders, on the image borders, and one label in two separate pieces."""
+    from skimage.draw import disk
+
+    mask = np.zeros((size, size), dtype=np.uint32)
+    ids = rng.choice(np.arange(1, 1_000_000), size=n + 20, replace=False)
+    centres = [(rng.uniform(0, size), rng.uniform(0, size)) for _ in range(n)]
+    corners = ((1, 1), (2, 3), (4, 4), (5, 2), (7, 6))
+    centres += [(TILE * k, TILE * m) for k, m in corners]            # on tile corners
+    centres += [(TILE * 3 + 0.5, 100), (900, TILE * 2 - 0.5)]        # on tile edges
+    centres += [(0, 0), (0, 1000), (size - 1, 1500), (700, 0), (1300, size - 1),
+                (size - 1, size - 1)]                                                      # borders
+    for i, (r, c) in enumerate(centres):
+        rr, cc = disk((r, c), rng.uniform(5, 15), shape=mask.shape)
+        mask[rr, cc] = ids[i]
+    split_id = ids[len(centres)]  # one label in two pieces, in different tiles
+    for r, c in ((300, 1700), (1750, 200)):
+        rr, cc = disk((r, c), 6, shape=mask.shape)
+        mask[rr, cc] = split_id
+    return mask
+
+
+def write_crunch_zarr(path, *, seed=0, size=SIZE, n=300, drop_tables=(), image=None):
+    """A Crunch 1 style SpatialData zarr. Returns a dict with the numpy sources and the truth."""
+    import anndata as ad
+    import pandas as pd
+    import spatialdata as sd
+    from spatialdata.models import Image2DModel, Labels2DModel, TableModel
+
+    rng = np.random.default_rng(seed)
+    mask = _draw_mask(rng, size, n)
+    img = rng.integers(0, 256, size=(3, size, size), dtype=np.uint8) if image is None else image
+    present = np.unique(mask)
+    present = present[present != 0].astype(np.int64)
+    perm = rng.permutation(present)
+    mask_only = perm[:10]                   # in the mask, in no table -> dropped
+    expr_no_group = perm[10:14]             # expression but no group row -> kept as train
+    in_group = perm[14:]
+    ghosts = rng.choice(np.arange(2_000_000, 3_000_000), size=7, replace=False)
+    group_ghosts, expr_ghosts = ghosts[:5], ghosts[5:]  # table ids with no nucleus -> dropped
+    g_ids = np.concatenate([in_group, group_ghosts])
+    groups = rng.choice(["train", "validation", "test"], size=len(g_ids), p=[0.6, 0.2, 0.2])
+    groups[: len(in_group)][:5] = "train"
+    train = g_ids[: len(in_group)][groups[: len(in_group)] == "train"]
+    train_no_expr = train[:3]
+    e_ids = np.concatenate([train[3:], expr_no_group, expr_ghosts])
+    e_ids = rng.permutation(e_ids)           # table order unrelated to the mask
+    counts = rng.poisson(3.0, size=(len(e_ids), len(GENES))).astype(np.float32)
+    X = np.log1p(counts / np.maximum(counts.sum(1, keepdims=True), 1) * 100).astype(np.float32)
+    gperm = rng.permutation(len(g_ids))
+    tables = {}
+    if "anucleus" not in drop_tables:
+        a = ad.AnnData(X=X, obs=pd.DataFrame({"cell_id": e_ids}, index=[str(i) for i in e_ids]),
+                       var=pd.DataFrame(index=GENES))
+        a.layers["counts"] = counts
+        tables["anucleus"] = TableModel.parse(a)
+    if "cell_id-group" not in drop_tables:
+        gt = ad.AnnData(obs=pd.DataFrame({"cell_id": g_ids[gperm], "group": groups[gperm]},
+                                         index=[str(i) for i in g_ids[gperm]]))
+        tables["cell_id-group"] = TableModel.parse(gt)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sdata = sd.SpatialData(
+            images={"HE_original": Image2DModel.parse(img, dims=("c", "y", "x"),
+                                                      chunks=(3, 512, 512))},
+            labels={"HE_nuc_original": Labels2DModel.parse(mask, dims=("y", "x"),
+                                                           chunks=(500, 500))},
+            tables=tables)
+        sdata.write(os.fspath(path))
+    return dict(path=path, mask=mask, image=img, e_ids=e_ids, X=X, counts=counts,
+                g_ids=g_ids, groups=groups, mask_only=mask_only, expr_no_group=expr_no_group,
+                group_ghosts=group_ghosts, expr_ghosts=expr_ghosts, train_no_expr=train_no_expr)
+
+
+@pytest.fixture(scope="session")
+def crunch(tmp_path_factory):
+    d = tmp_path_factory.mktemp("crunch")
+    truth = write_crunch_zarr(d / "UC1_NI.zarr")
+    store = d / "store.h5"
+    lines = []
+    res = ingest_crunch([truth["path"]], store, tile=TILE, show_progress=False, log=lines.append)
+    truth.update(store=store, result=res, lines=lines)
+    return truth
+
+
+def _regionprops(mask):
+    from skimage.measure import regionprops
+
+    props = regionprops(mask)
+    return {int(p.label): (p.centroid, int(p.area)) for p in props}
+
+
+def test_label_centroids_equal_whole_image_regionprops_any_tile():
+    rng = np.random.default_rng(3)
+    mask = _draw_mask(rng, size=300, n=40)
+    truth = _regionprops(mask)
+    for tile in (16, 37, 100, 300, 1000):
+        c = label_centroids(mask, tile)
+        assert c.label.tolist() == sorted(truth)
+        for lab, y, x, a in zip(c.label, c.y, c.x, c.area):
+            (ty, tx), ta = truth[int(lab)]
+            assert (y, x, a) == (ty, tx, ta)  # exact, not approximately
+    # sparse huge ids take the np.unique path: same answer
+    big = mask.astype(np.int64) * (1 << 30)
+    c = label_centroids(big, 64)
+    assert sorted(c.label // (1 << 30)) == sorted(truth)
+    assert np.array_equal(c.y, label_centroids(mask, 64).y)
+
+
+def test_centroids_match_regionprops_and_tile_borders(crunch):
+    f = cells_frame(crunch["store"])
+    truth = _regionprops(crunch["mask"])
+    labels = f["mask_label"].to_numpy()
+    exp_y = np.array([truth[int(k)][0][0] for k in labels])
+    exp_x = np.array([truth[int(k)][0][1] for k in labels])
+    np.testing.assert_array_equal(f["y"].to_numpy(), exp_y)
+    np.testing.assert_array_equal(f["x"].to_numpy(), exp_x)
+    np.testing.assert_array_equal(f["nucleus_area"].to_numpy(),
+                                  [truth[int(k)][1] for k in labels])
+    # the fixture really has nuclei cut by tile borders and touching the image border, each once
+    m = crunch["mask"]
+    cut = set(np.unique(m[TILE - 1][m[TILE - 1] == m[TILE]])) - {0}
+    cut |= set(np.unique(m[:, 2 * TILE - 1][m[:, 2 * TILE - 1] == m[:, 2 * TILE]])) - {0}
+    border = set(np.unique(np.concatenate([m[0], m[-1], m[:, 0], m[:, -1]]))) - {0}
+    kept = set(labels.tolist())
+    assert len(cut & kept) >= 3 and len(border & kept) >= 4
+    assert len(labels) == len(set(labels.tolist()))
+
+
+def test_membership_and_counts(crunch):
+    f = cells_frame(crunch["store"])
+    labels = set(f["mask_label"].tolist())
+    in_mask = set(_regionprops(crunch["mask"]))
+    assert not labels & set(crunch["mask_only"].tolist())
+    assert not labels & (set(crunch["group_ghosts"].tolist()) | set(crunch["expr_ghosts"].tolist()))
+    expected = (set(crunch["g_ids"].tolist()) | set(crunch["e_ids"].tolist())) & in_mask
+    assert labels == expected
+    c = crunch["result"].samples["UC1_NI"]
+    assert c["n_dropped_mask_only"] == 10
+    assert c["n_dropped_group_not_in_mask"] == 5
+    assert c["n_dropped_expression_not_in_mask"] == 2
+    assert c["n_expression_without_group"] == 4
+    assert c["n_cells"] == len(f) == len(expected)
+    with open_store(crunch["store"]) as h:
+        a = h["images/UC1_NI"].attrs
+        assert a["n_dropped_mask_only"] == 10 and a["n_dropped_group_not_in_mask"] == 5
+    line = crunch["lines"][0]
+    assert "10 mask nuclei in neither table" in line and "5 'cell_id-group' cells" in line
+
+
+def test_groups_and_expression_by_cell_id(crunch):
+    f = cells_frame(crunch["store"])
+    gmap = dict(zip(crunch["g_ids"].tolist(), crunch["groups"].tolist()))
+    for lab, grp in zip(f["mask_label"], f["group"]):
+        assert grp == gmap.get(int(lab), "train")  # expression-only cells count as training data
+    assert (f.loc[f["mask_label"].isin(crunch["expr_no_group"]), "group"] == "train").all()
+    erow = {int(c): i for i, c in enumerate(crunch["e_ids"])}
+    with open_store(crunch["store"]) as h:
+        X = h["expression/X"][()]
+        C = h["expression/counts"][()]
+        assert read_strings(h["expression/genes"]).tolist() == GENES
+        assert h["expression/X"].attrs["transform"] == EXPRESSION_TRANSFORM
+        has = h["cells/has_expression"][()]
+    for k, lab in enumerate(f["mask_label"]):
+        i = erow.get(int(lab))
+        if i is None:
+            assert not has[k] and np.isnan(X[k]).all() and np.isnan(C[k]).all()
+        else:
+            assert has[k]
+            np.testing.assert_array_equal(X[k], crunch["X"][i])
+            np.testing.assert_array_equal(C[k], crunch["counts"][i])
+    # validation / test cells stay (to be predicted), without expression
+    vt = f["group"].isin(["validation", "test"]).to_numpy()
+    assert vt.sum() > 20 and not has[vt].any()
+    tne = f["mask_label"].isin(crunch["train_no_expr"]).to_numpy()
+    assert tne.sum() == 3 and not has[tne].any()
+    assert f["cell_id"].tolist() == [str(v) for v in f["mask_label"]]
+    assert (f["sample"] == "UC1_NI").all()
+
+
+def test_image_attrs_and_lazy_reader(crunch):
+    with open_store(crunch["store"]) as h:
+        attrs = dict(h["images/UC1_NI"].attrs)
+    assert attrs["kind"] == "spatialdata" and attrs["element"] == "HE_original"
+    assert attrs["mask_element"] == "HE_nuc_original" and attrs["path"] == "UC1_NI.zarr"
+    assert (attrs["height"], attrs["width"], attrs["channels"]) == (SIZE, SIZE, 3)
+    img = np.transpose(crunch["image"], (1, 2, 0))
+    mask = crunch["mask"]
+    from tabst.images import open_sample_image
+
+    generic = open_sample_image(crunch["store"], attrs, "UC1_NI")  # dispatch by kind
+    assert isinstance(generic, ZarrSampleImage) and generic.has_mask and not generic.patch_based
+    generic.close()
+    r = ZarrSampleImage(crunch["store"], "UC1_NI", attrs, cache_mb=1)
+    assert (r.height, r.width, r.channels) == (SIZE, SIZE, 3)
+    for y0, x0, h, w in ((0, 0, 64, 64), (500, 1010, 130, 40),   # across chunk borders
+                         (-20, -30, 64, 64), (1980, 1990, 50, 40),  # outside -> zero padded
+                         (5, 1000, 1, 1), (3000, 3000, 8, 8)):
+        got = r.read_region(y0, x0, h, w)
+        exp = np.zeros((h, w, 3), np.uint8)
+        m_exp = np.zeros((h, w), np.int64)
+        ya, yb, xa, xb = max(0, y0), min(SIZE, y0 + h), max(0, x0), min(SIZE, x0 + w)
+        if ya < yb and xa < xb:
+            exp[ya - y0:yb - y0, xa - x0:xb - x0] = img[ya:yb, xa:xb]
+            m_exp[ya - y0:yb - y0, xa - x0:xb - x0] = mask[ya:yb, xa:xb]
+        assert got.dtype == np.uint8 and got.shape == (h, w, 3)
+        np.testing.assert_array_equal(got, exp)
+        np.testing.assert_array_equal(r.read_mask_region(y0, x0, h, w), m_exp)
+    # the tiny cache never holds the whole image
+    assert r._img._bytes <= 2 * 3 * 512 * 512
+    # direct use without a store; no mask element -> read_mask_region gives None
+    d = ZarrSampleImage.from_zarr(crunch["path"], mask_element=None)
+    np.testing.assert_array_equal(d.read_region(10, 20, 5, 7), img[10:15, 20:27])
+    assert d.read_mask_region(0, 0, 4, 4) is None and not d.has_mask
+    with pytest.raises(InputError, match="changed since ingest"):
+        ZarrSampleImage(crunch["store"], "UC1_NI", {**attrs, "height": 10})
+
+
+def test_missing_element_names_it_and_lists_holdings(tmp_path):
+    t = write_crunch_zarr(tmp_path / "S2.zarr", size=120, n=5, drop_tables=("cell_id-group",))
+    out = tmp_path / "s.h5"
+    with pytest.raises(InputError) as e:
+        ingest_crunch([t["path"]], out, tile=64, show_progress=False)
+    msg = str(e.value)
+    assert "table 'cell_id-group'" in msg and "'anucleus'" in msg and "'HE_original'" in msg
+    assert "'HE_nuc_original'" in msg and "S2.zarr" in msg
+    assert not out.exists() and not list(tmp_path.glob(".s.h5*"))
+    with pytest.raises(InputError, match="image 'HE_missing'"):
+        ingest_crunch([t["path"]], out, image_element="HE_missing", show_progress=False)
+    with pytest.raises(InputError, match="no such file"):
+        ingest_crunch([tmp_path / "nope.zarr"], out, show_progress=False)
+
+
+def test_two_samples_prefix_ids(crunch, tmp_path):
+    b = tmp_path / "B.zarr"
+    os.symlink(crunch["path"], b)
+    out = tmp_path / "two.h5"
+    res = ingest_crunch([crunch["path"], b], out, tile=1024, show_progress=False)
+    f = cells_frame(out)
+    n = res.samples["UC1_NI"]["n_cells"]
+    assert len(f) == 2 * n and f["cell_id"].is_unique
+    assert f["cell_id"].iloc[0] == f"UC1_NI:{f['source_cell_id'].iloc[0]}"
+    assert f["cell_id"].iloc[n] == f"B:{f['source_cell_id'].iloc[n]}"
+    one = cells_frame(crunch["store"])
+    np.testing.assert_array_equal(f["x"].to_numpy()[n:], one["x"].to_numpy())  # tile-independent
+
+
+def test_cli(crunch, tmp_path):
+    from typer.testing import CliRunner
+
+    from tabst_cli.app import app
+
+    out = tmp_path / "cli.h5"
+    r = CliRunner().invoke(app, ["ingest", "crunch", str(crunch["path"]), "--out", str(out),
+                                 "--tile", "512"])
+    assert r.exit_code == 0, r.output
+    assert out.exists() and "cells x 20 genes" in r.output
+    r = CliRunner().invoke(app, ["ingest", "crunch", str(crunch["path"]), "--out", str(out)])
+    assert r.exit_code == 1 and "already exists" in r.output
+    r = CliRunner().invoke(app, ["ingest", "crunch", str(tmp_path / "x.zarr"), "--out",
+                                 str(tmp_path / "y.h5")])
+    assert r.exit_code == 1 and "no such file" in r.output
+
+
+def test_tile_too_small():
+    with pytest.raises(TabstError, match="at least 16"):
+        label_centroids(np.zeros((10, 10), np.uint8), 4)
