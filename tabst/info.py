@@ -28,6 +28,7 @@ def _fmt(v) -> str:
 
 
 def render_info(data: dict, console) -> None:
+    from rich.markup import escape
     from rich.tree import Tree
 
     root = Tree(f"[bold]{data['store']}[/]")
@@ -48,8 +49,8 @@ def render_info(data: dict, console) -> None:
                          + (f" unit={unit}" if unit else ""))
             else:
                 label = f"[bold blue]{name}/[/]"
-            node = parent.add(label + (f" — {desc}" if desc else ""))
+            node = parent.add(label + (f" — {escape(str(desc))}" if desc else ""))
             nodes[path] = node
         for k, v in attrs.items():
-            node.add(f"[dim]@{k}[/] = {_fmt(v)}")
+            node.add(f"[dim]@{escape(k)}[/] = {escape(_fmt(v))}")
     console.print(root)
