@@ -14,9 +14,11 @@ from tabst.util import relpath_from
 
 def write_tiny_store(path, *, n_samples=3, cells_per_sample=60, n_genes=12, emb_dim=16,
                      image_size=96, with_images=True, with_embedding=True, with_features=True,
-                     seed=0):
+                     seed=0, with_masks=False):
     """A small valid store: /cells, /images (PNG files beside it), /expression,
-    optionally /embeddings/test and /features/morphology. Expression depends linearly on the
+    optionally /embeddings/test and /features/morphology. ``with_masks``: each sample also gets
+    a nucleus label TIFF (``mask_path``) with a disc of radius 3 px (label = row + 1) centred on
+    the centre pixel of every even-numbered cell; odd cells have no nucleus of their own. Expression depends linearly on the
     embedding plus noise, so models have something to learn. Returns the path."""
     from PIL import Image
 
@@ -49,7 +51,20 @@ def write_tiny_store(path, *, n_samples=3, cells_per_sample=60, n_genes=12, emb_
                 img = rng.integers(0, 255, size=(image_size, image_size, 3), dtype=np.uint8)
                 p = os.path.join(base, f"{s}.png")
                 Image.fromarray(img).save(p)
-                for k, v in dict(kind="file", path=relpath_from(p, base), mask_path="",
+                mask_rel = ""
+                if with_masks:
+                    import tifffile
+
+                    lab = np.zeros((image_size, image_size), dtype=np.uint32)
+                    yy, xx = np.mgrid[0:image_size, 0:image_size]
+                    for i in np.flatnonzero(samples == s):
+                        if i % 2 == 0:
+                            cy, cx = int(np.floor(y[i])), int(np.floor(x[i]))
+                            lab[(yy - cy) ** 2 + (xx - cx) ** 2 <= 9] = i + 1
+                    mp = os.path.join(base, f"{s}_mask.tif")
+                    tifffile.imwrite(mp, lab)
+                    mask_rel = relpath_from(mp, base)
+                for k, v in dict(kind="file", path=relpath_from(p, base), mask_path=mask_rel,
                                  height=image_size, width=image_size, channels=3,
                                  pixel_size_um=float("nan"), spot_diameter_px=float("nan"),
                                  description=f"H&E image of sample {s}").items():

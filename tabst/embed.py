@@ -1,0 +1,613 @@
+"""`tabst embed`: one patch per cell -> ``/embeddings/<name>`` (+ ``/features/morphology``).
+
+Pipeline: DataLoader workers crop patches from the sample images (:mod:`tabst.images`,
+:mod:`tabst.patches`) and compute the interpretable features (:mod:`tabst.morphology`) for a
+fixed block of rows; the main process runs the encoder (:mod:`tabst.encoders`) under
+``torch.inference_mode`` in channels_last (CUDA + float16 autocast when present) and writes the
+rows in order.
+
+Resumable and bit-stable
+------------------------
+Rows are processed in fixed batches ``[k*B, (k+1)*B)`` (``B`` = batch size, recorded; a resumed
+run reuses the recorded one), so every row is always computed in the same batch and the final
+array of an interrupted + resumed run equals an uninterrupted one bit for bit (same device).
+The output datasets are allocated in full up front (HDF5 early allocation, NaN-filled) and the
+file is flushed, so later writes touch only raw data; after each batch the rows are written,
+flushed, then the attr ``rows_done`` advances and is flushed. kill -9 at any point loses at most
+the batch in flight; rerunning the same command resumes at ``rows_done``. ``complete=True`` is set
+only at the end. Rerunning with different settings under the same name is refused unless
+``force=True`` (which starts that dataset afresh).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import time
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from .errors import InputError, StoreError, TabstError
+from .morphology import (
+    DEFAULT_K,
+    DEFAULT_RADIUS_PX,
+    DEFAULT_RADIUS_UM,
+    FEATURES_NAME,
+    MASK_FEATURES,
+    feature_layout,
+    neighbourhood_features,
+    nucleus_features,
+    patch_nucleus_features,
+)
+from .patches import crop_patch, fit_patch, parse_patch_size, resize_patch, sample_patch_sizes
+
+CENTRE_CONVENTION = ("patch rows floor(y)-P//2 .. floor(y)-P//2+P-1 (same for x); the pixel "
+                     "containing (x, y) is at index P//2; zero outside the image")
+MAX_OPEN_READERS = 4
+KILL_ENV = "TABST_EMBED_KILL_AFTER"  # tests: SIGKILL self after writing N batches' data
+
+
+class SimulatedInterruption(RuntimeError):
+    """Raised by the ``_stop_after_batches`` test hook (an interruption after a flushed batch)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# the per-batch worker
+# ---------------------------------------------------------------------------------------------
+
+class PatchBatches:
+    """Map-style dataset: item ``k`` = batch of rows ``[k*B, min(N, (k+1)*B))``.
+
+    Returns ``{"rows": int64 [b], "patches": uint8 [b, S, S, 3] (when want_patches),
+    "features": float32 [b, K] (when features)}``; a :class:`TabstError` raised while reading
+    is returned as ``{"error": err}`` so that the main process can raise it unchanged.
+    Readers are opened lazily inside each worker process (at most :data:`MAX_OPEN_READERS`).
+    """
+
+    def __init__(self, store_path, *, samples, codes, x, y, images, sizes, resize, fit,
+                 batch_size, want_patches, feature_cols, neigh, row_values):
+        self.store_path = str(store_path)
+        self.samples, self.codes, self.x, self.y = list(samples), codes, x, y
+        self.images, self.sizes = images, sizes
+        self.resize, self.fit, self.batch_size = int(resize or 0), fit, int(batch_size)
+        self.want_patches, self.feature_cols, self.neigh = want_patches, feature_cols, neigh
+        self.row_values = row_values
+        self.n = len(codes)
+        self._readers: OrderedDict = OrderedDict()
+
+    def __len__(self):
+        return math.ceil(self.n / self.batch_size)
+
+    def __getstate__(self):
+        d = dict(self.__dict__)
+        d["_readers"] = OrderedDict()
+        return d
+
+    def _reader(self, code: int):
+        from .images import open_sample_image
+
+        r = self._readers.get(code)
+        if r is None:
+            s = self.samples[code]
+            r = open_sample_image(self.store_path, self.images[s], s)
+            self._readers[code] = r
+            while len(self._readers) > MAX_OPEN_READERS:
+                self._readers.popitem(last=False)[1].close()
+        else:
+            self._readers.move_to_end(code)
+        return r
+
+    def __getitem__(self, k: int) -> dict:
+        try:
+            return self._batch(int(k))
+        except TabstError as e:
+            return {"error": e}
+
+    def _batch(self, k: int) -> dict:
+        rows = np.arange(k * self.batch_size, min(self.n, (k + 1) * self.batch_size))
+        natives, boxes, feats = [], [], []
+        with_mask = self.feature_cols is not None and self.feature_cols[0] == MASK_FEATURES[0]
+        for i in rows:
+            code = int(self.codes[i])
+            reader = self._reader(code)
+            size = self.sizes[code]
+            if reader.patch_based:
+                fields = {f: self.row_values[f][i] for f in reader.row_fields}
+                img = reader.read_patch(int(i), fields)
+                patch, box = fit_patch(img, size, self.fit)
+                if with_mask:
+                    m = reader.read_mask_patch(int(i), fields) \
+                        if hasattr(reader, "read_mask_patch") else None
+                    feats.append(patch_nucleus_features(m, size))
+            else:
+                patch, box = crop_patch(reader, self.x[i], self.y[i], size)
+                if with_mask:
+                    feats.append(nucleus_features(reader.read_mask_region, self.x[i], self.y[i],
+                                                  size) if reader.has_mask
+                                 else np.full(len(MASK_FEATURES), np.nan, np.float32))
+            natives.append(patch)
+            boxes.append(box)
+        out = {"rows": rows}
+        if self.feature_cols is not None:
+            stain = _stain_batch(natives, boxes)
+            parts = ([np.stack(feats)] if with_mask else []) + [stain, self.neigh[rows]]
+            out["features"] = np.concatenate(parts, axis=1).astype(np.float32)
+        if self.want_patches:
+            if self.resize:
+                natives = [resize_patch(p, self.resize) for p in natives]
+            out["patches"] = np.stack(natives)
+        return out
+
+
+def _stain_batch(patches, boxes) -> np.ndarray:
+    """Stain features of a batch: one rgb2hed call over all pixels when shapes agree."""
+    from skimage.color import rgb2hed
+
+    from .morphology import stain_features
+
+    if len({p.shape for p in patches}) != 1:
+        return np.stack([stain_features(p, b) for p, b in zip(patches, boxes)])
+    stack = np.stack(patches)
+    hed = rgb2hed(stack.reshape(-1, 1, 3)).reshape(stack.shape)[..., :2]
+    out = np.full((len(patches), 4), np.nan, dtype=np.float32)
+    for j, (ys, xs) in enumerate(boxes):
+        px = np.ascontiguousarray(hed[j, ys, xs]).reshape(-1, 2)
+        if len(px):
+            out[j] = (px[:, 0].mean(), px[:, 0].std(), px[:, 1].mean(), px[:, 1].std())
+    return out
+
+
+def _worker_init(_):
+    import torch
+
+    torch.set_num_threads(1)
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(1)
+    except ImportError:
+        pass
+
+
+def default_workers() -> int:
+    """DataLoader workers: 0 on one core, else 1 per 4 cores (at least 1, at most 4)."""
+    n = os.cpu_count() or 1
+    return 0 if n <= 1 else max(1, min(4, n // 4))
+
+
+# ---------------------------------------------------------------------------------------------
+# naming, settings, store datasets
+# ---------------------------------------------------------------------------------------------
+
+def weights_tag(weights: str, sha256: str = "") -> str:
+    w = str(weights)
+    if w == "random" or w == "imagenet":
+        return w
+    if w.startswith("imagenet:"):
+        return "imagenet-" + w.split(":", 1)[1].lower()
+    return f"file-{sha256[:8]}" if sha256 else "file"
+
+
+def default_name(encoder: str, layer: str, patch_size, resize=None, weights="imagenet",
+                 sha256: str = "") -> str:
+    """E.g. ``resnet50_layer3_p32_imagenet``, ``resnet18_layer4_p32r224_random``."""
+    r = f"r{int(resize)}" if resize else ""
+    return f"{encoder}_{layer}_p{patch_size}{r}_{weights_tag(weights, sha256)}"
+
+
+def _versions(encoder: bool = True) -> dict:
+    import scipy
+    import skimage
+
+    out = {"tabst": __version__, "numpy": np.__version__}
+    if encoder:
+        import torch
+        import torchvision
+
+        out.update(torch=torch.__version__, torchvision=torchvision.__version__)
+    else:
+        out.update(scikit_image=skimage.__version__, scipy=scipy.__version__)
+    return out
+
+
+def _create_rows_dataset(f, group: str, name: str, n: int, d: int, chunk_rows: int):
+    """Allocate float32 [n, d] up front (early allocation, NaN fill): writes touch no metadata."""
+    import h5py
+
+    g = f.require_group(group)
+    if name in g:
+        del g[name]
+    dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+    dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+    return g.create_dataset(name, shape=(n, d), dtype=np.float32,
+                            chunks=(max(1, min(n, chunk_rows)), d), fillvalue=np.float32(np.nan),
+                            dcpl=dcpl)
+
+
+def _read_settings(ds) -> dict:
+    try:
+        return json.loads(ds.attrs.get("settings", "{}"))
+    except (TypeError, ValueError):
+        return {}
+
+
+def _diff(old: dict, new: dict) -> str:
+    keys = sorted(set(old) | set(new))
+    return "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys
+                     if old.get(k) != new.get(k))
+
+
+def _resolve_device(device: str):
+    import torch
+
+    device = (device or "auto").lower()
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise TabstError("--device cuda, but torch sees no CUDA GPU here. Use --device cpu (or "
+                         "auto), or install a CUDA build of torch.")
+    if device not in ("cpu", "cuda"):
+        raise TabstError(f"--device must be auto, cpu or cuda, got {device!r}")
+    return device
+
+
+# ---------------------------------------------------------------------------------------------
+# the pass
+# ---------------------------------------------------------------------------------------------
+
+def embed_store(store_path, encoder: str = "resnet50", layer: str = "layer3", patch_size=32,
+                resize: int | None = None, weights: str = "imagenet",
+                weights_sha256: str | None = None, batch_size: int = 256,
+                workers: int | None = None, device: str = "auto", name: str | None = None,
+                features: bool = True, force: bool = False, per_cell_fit: str = "crop",
+                show_progress: bool = True, _stop_after_batches: int | None = None) -> str:
+    """Embed one patch per cell into ``/embeddings/<name>`` (and ``/features/morphology``).
+
+    Parameters
+    ----------
+    store_path : the tabst store (HDF5), modified in place.
+    encoder, layer : see :data:`tabst.encoders.ENCODERS` (``layer3`` or ``layer4``).
+    patch_size : pixels (int) or ``"spot"`` (each sample's ``spot_diameter_px``).
+    resize : rescale every patch to ``resize`` px before the encoder (e.g. 224); None = no.
+    weights : ``"imagenet"``, ``"random"`` (explicit only) or a local state-dict path.
+    weights_sha256 : expected sha256 of a weights file.
+    batch_size : rows per batch (fixed batch boundaries make resumes bit-identical).
+    workers : DataLoader worker processes decoding patches (None: :func:`default_workers`).
+    device : ``"auto"``, ``"cpu"`` or ``"cuda"``.
+    name : dataset name under ``/embeddings`` (default :func:`default_name`).
+    features : also compute ``/features/morphology`` in the same pass (unless complete already).
+    force : restart a dataset whose recorded settings differ (else that is refused).
+    per_cell_fit : ``"crop"`` or ``"resize"`` for per-cell patch images (:func:`fit_patch`).
+
+    Returns
+    -------
+    str : the embedding's name.
+    """
+    return run_pipeline(store_path, encoder=encoder, layer=layer, patch_size=patch_size,
+                        resize=resize, weights=weights, weights_sha256=weights_sha256,
+                        batch_size=batch_size, workers=workers, device=device, name=name,
+                        features=features, force=force, per_cell_fit=per_cell_fit,
+                        show_progress=show_progress, _stop_after_batches=_stop_after_batches)
+
+
+def run_pipeline(store_path, *, encoder: str | None, layer: str = "layer3", patch_size=32,
+                 resize=None, weights: str = "imagenet", weights_sha256=None,
+                 batch_size: int = 256, workers=None, device: str = "auto", name=None,
+                 features: bool = True, force: bool = False, per_cell_fit: str = "crop",
+                 show_progress: bool = True, feature_params: dict | None = None,
+                 _stop_after_batches=None) -> str | None:
+    """Shared pass behind :func:`embed_store` and :func:`tabst.morphology.compute_features`.
+
+    ``encoder=None`` computes features only (then a differing complete feature set is refused
+    without ``force``; with an encoder it is kept and a note printed).
+    """
+    from rich.console import Console
+
+    from .images import reader_class, sample_attrs
+    from .store import open_store, read_strings
+
+    t_start = time.perf_counter()
+    store_path = Path(store_path)
+    console = Console(stderr=True, quiet=not show_progress)
+    if per_cell_fit not in ("crop", "resize"):
+        raise TabstError(f"--per-cell-fit must be crop or resize, got {per_cell_fit!r}")
+    if batch_size < 1:
+        raise TabstError(f"--batch-size must be >= 1, got {batch_size}")
+    if resize is not None and int(resize) < 1:
+        resize = None
+    fp = dict(radius_px=DEFAULT_RADIUS_PX, radius_um=DEFAULT_RADIUS_UM, k=DEFAULT_K)
+    fp.update(feature_params or {})
+    ps = parse_patch_size(patch_size)
+
+    # ---- read what the pass needs (then close: workers must not inherit an open handle) ----
+    with open_store(store_path) as f:
+        if "cells/cell_id" not in f:
+            raise StoreError(f"{store_path}: no /cells in the store; run `tabst ingest` first.")
+        n = int(f["cells/cell_id"].shape[0])
+        if n == 0:
+            raise StoreError(f"{store_path}: the store has no cells.")
+        sample_col = read_strings(f["cells/sample"])
+        samples, codes = np.unique(sample_col, return_inverse=True)
+        samples = [str(s) for s in samples]
+        codes = codes.astype(np.int32)
+        x = f["cells/x"][()].astype(np.float64)
+        y = f["cells/y"][()].astype(np.float64)
+        images = {s: sample_attrs(f, s) for s in samples}
+        row_values = {}
+        for s in samples:
+            cls = reader_class(str(images[s].get("kind", "file") or "file"))
+            for fld in getattr(cls, "row_fields", ()):
+                if fld not in row_values:
+                    if f"cells/{fld}" not in f:
+                        raise StoreError(f"{store_path}: images of sample {s!r} are per-cell "
+                                         f"patches but /cells/{fld} is missing; re-run the ingest.")
+                    ds = f[f"cells/{fld}"]
+                    row_values[fld] = read_strings(ds) if ds.dtype.kind == "O" else ds[()]
+        sizes_by_sample = sample_patch_sizes(ps, images)
+        has_mask = any(str(a.get("mask_path", "") or "") or str(a.get("mask_element", "") or "")
+                       for a in images.values())
+        feat_old_attrs = dict(f[f"features/{FEATURES_NAME}"].attrs) \
+            if f"features/{FEATURES_NAME}" in f else None
+        feat_old_settings = _read_settings(f[f"features/{FEATURES_NAME}"]) \
+            if feat_old_attrs is not None else None
+
+    sizes = [sizes_by_sample[s] for s in samples]
+    from .images import resolve_path
+
+    for s in samples:  # fail fast, before any work, on image files that are not there
+        a = images[s]
+        for key, what in (("path", "image"), ("mask_path", "nucleus mask")):
+            rel = str(a.get(key, "") or "")
+            if str(a.get("kind", "file") or "file") == "file" and rel \
+                    and not resolve_path(store_path, rel).exists():
+                raise InputError(f"the {what} of sample {s!r} does not exist",
+                                 file=resolve_path(store_path, rel),
+                                 fix="the store records image paths relative to its own folder: "
+                                     "keep the images beside the store, or re-run the ingest")
+    if encoder is not None and resize is None and len(set(sizes)) > 1:
+        raise TabstError(f"--patch-size {ps}: samples have different patch sizes "
+                         f"({dict(sorted(sizes_by_sample.items()))}); the encoder needs equal "
+                         "sizes. Add --resize N (e.g. --resize 224).")
+    pixel_size = {s: float(images[s].get("pixel_size_um", float("nan"))) for s in samples}
+
+    # ---- embedding plan ----
+    emb = None  # dict(name, settings, start, info) when the encoder must run
+    dev = model = None
+    if encoder is not None:
+        from .encoders import _check_names
+
+        _check_names(encoder, layer)
+        dev = _resolve_device(device)
+        precision = "float16 autocast" if dev == "cuda" else "float32"
+        # Build the model first: it resolves the weights (and their hash) for name + settings.
+        from .encoders import build_encoder
+
+        model, info = build_encoder(encoder, layer, weights, weights_sha256)
+        name = name or default_name(encoder, layer, ps, resize, weights, info.weights_sha256)
+        settings = {"encoder": encoder, "layer": layer, "weights": info.weights,
+                    "weights_id": info.weights_id, "weights_sha256": info.weights_sha256,
+                    "patch_size": ps, "patch_size_px": sizes_by_sample,
+                    "resize": int(resize or 0), "per_cell_fit": per_cell_fit,
+                    "normalisation": info.normalisation, "device": dev, "precision": precision,
+                    "n_cells": n}
+        start_emb, bs = 0, int(batch_size)
+        with open_store(store_path) as f:
+            if f"embeddings/{name}" in f:
+                ds = f[f"embeddings/{name}"]
+                old = _read_settings(ds)
+                if old != settings and not force:
+                    raise TabstError(
+                        f"/embeddings/{name} exists with other settings ({_diff(old, settings)}). "
+                        "Pass --force to recompute it, or choose another --name.")
+                if old == settings and not force:
+                    if bool(ds.attrs.get("complete", False)):
+                        console.print(f"/embeddings/{name} is already complete: nothing to embed.")
+                        start_emb = n
+                    else:
+                        start_emb = int(ds.attrs.get("rows_done", 0))
+                        bs = int(ds.attrs.get("batch_size", bs))
+                        if bs != batch_size:
+                            console.print(f"resuming with the recorded batch size {bs} "
+                                          f"(not {batch_size}) so the result stays identical.")
+                        console.print(f"resuming /embeddings/{name} at row {start_emb:,} of {n:,}.")
+                    emb = dict(name=name, settings=settings, start=start_emb, info=info,
+                               fresh=False)
+        batch_size = bs
+        if emb is None:
+            emb = dict(name=name, settings=settings, start=0, info=info, fresh=True)
+        if emb["start"] >= n:
+            emb = None
+
+    # ---- feature plan ----
+    feat = None
+    if features:
+        with_um = any(math.isfinite(v) and v > 0 for v in pixel_size.values())
+        names, groups, units, ncols = feature_layout(has_mask, with_um, fp["radius_px"],
+                                                     fp["radius_um"], fp["k"])
+        fsettings = {"patch_size_px": sizes_by_sample, "per_cell_fit": per_cell_fit,
+                     "names": names, "n_cells": n, **fp}
+        start_feat, fresh = 0, True
+        if feat_old_attrs is not None:
+            same = feat_old_settings == fsettings
+            complete = bool(feat_old_attrs.get("complete", False))
+            if same and complete and not force:
+                start_feat, fresh = n, False
+                if encoder is None:
+                    console.print(f"/features/{FEATURES_NAME} is already complete.")
+            elif same and not force:
+                start_feat, fresh = int(feat_old_attrs.get("rows_done", 0)), False
+                fbs = int(feat_old_attrs.get("batch_size", batch_size))
+                if encoder is None or emb is None:
+                    batch_size = fbs
+            elif complete and not force:
+                if encoder is None:
+                    raise TabstError(
+                        f"/features/{FEATURES_NAME} exists with other settings "
+                        f"({_diff(feat_old_settings or {}, fsettings)}). Pass --force to "
+                        "recompute it.")
+                console.print(f"keeping the existing /features/{FEATURES_NAME} (computed with "
+                              f"other settings: {_diff(feat_old_settings or {}, fsettings)}); "
+                              "recompute with `--force`.")
+                start_feat, fresh = n, False
+        if start_feat < n:
+            feat = dict(settings=fsettings, names=names, groups=groups, units=units,
+                        start=start_feat, fresh=fresh)
+
+    if emb is None and feat is None:
+        return name
+    if emb is not None and emb["start"] % batch_size:
+        emb["start"] -= emb["start"] % batch_size  # only on a hand-edited marker
+    start = min(v["start"] for v in (emb, feat) if v is not None)
+    start -= start % batch_size
+    first_batch = start // batch_size
+    n_batches = math.ceil(n / batch_size)
+
+    # ---- allocate / mark the outputs (flushed before any row is written) ----
+    with open_store(store_path, "r+") as f:
+        if emb is not None:
+            info = emb["info"]
+            if emb["fresh"]:
+                ds = _create_rows_dataset(f, "embeddings", emb["name"], n, info.dim,
+                                          chunk_rows=max(1, (1 << 20) // (4 * info.dim)))
+                rnd = info.weights == "random"
+                desc = (f"{info.encoder} cut at {info.layer} + global average pooling, one "
+                        f"{ps}-px patch per cell" + (f" resized to {resize} px" if resize else "")
+                        + f", weights {info.weights_id}"
+                        + (" (RANDOM WEIGHTS: not a trained image encoder)" if rnd else ""))
+                from .store import now_utc, set_attr
+
+                meta = {"description": desc, "encoder": info.encoder, "layer": info.layer,
+                        "dim": info.dim, "pooling": "global average",
+                        "weights": info.weights, "weights_id": info.weights_id,
+                        "weights_sha256": info.weights_sha256, "random_weights": rnd,
+                        "weights_seed": 0 if rnd else -1,
+                        "patch_size": str(ps) if ps == "spot" else int(ps),
+                        "patch_size_px": sizes_by_sample, "resize": int(resize or 0),
+                        "per_cell_fit": per_cell_fit, "centre": CENTRE_CONVENTION,
+                        "normalisation": info.normalisation, "versions": _versions(),
+                        "device": emb["settings"]["device"],
+                        "precision": emb["settings"]["precision"], "batch_size": batch_size,
+                        "settings": emb["settings"], "created_utc": now_utc(),
+                        "rows_done": 0, "complete": False}
+                for k, v in meta.items():
+                    set_attr(ds, k, v)
+        if feat is not None and feat["fresh"]:
+            from .store import now_utc, set_attr
+
+            ds = _create_rows_dataset(f, "features", FEATURES_NAME, n, len(feat["names"]),
+                                      chunk_rows=4096)
+            meta = {"description": "interpretable per-cell features (tabst.morphology): nucleus "
+                                   "shape from the mask, H&E stain from rgb2hed, neighbourhood "
+                                   "density; NaN = not available",
+                    "names": feat["names"], "groups": feat["groups"], "units": feat["units"],
+                    "patch_size_px": sizes_by_sample, "per_cell_fit": per_cell_fit,
+                    "radius_px": fp["radius_px"], "radius_um": fp["radius_um"], "k": fp["k"],
+                    "batch_size": batch_size, "settings": feat["settings"],
+                    "versions": _versions(encoder=False), "created_utc": now_utc(),
+                    "rows_done": 0,
+                    "complete": False}
+            for k, v in meta.items():
+                set_attr(ds, k, v)
+        f.flush()
+
+    neigh = None
+    if feat is not None:
+        neigh = neighbourhood_features(x, y, sample_col, pixel_size, fp["radius_px"],
+                                       fp["radius_um"], fp["k"])[:, ncols]
+    dataset = PatchBatches(store_path, samples=samples, codes=codes, x=x, y=y, images=images,
+                           sizes=sizes, resize=resize, fit=per_cell_fit, batch_size=batch_size,
+                           want_patches=emb is not None,
+                           feature_cols=feat["names"] if feat is not None else None,
+                           neigh=neigh, row_values=row_values)
+    _run_batches(store_path, dataset, range(first_batch, n_batches), n, start,
+                 model=model if emb is not None else None, dev=dev,
+                 emb_name=emb["name"] if emb is not None else None, feat=feat is not None,
+                 workers=default_workers() if workers is None else int(workers),
+                 show_progress=show_progress, stop_after=_stop_after_batches,
+                 t_start=t_start, label=(f"embedding {emb['name']}" if emb is not None
+                        else f"features/{FEATURES_NAME}"))
+    return name
+
+
+def _run_batches(store_path, dataset, batch_ids, n, start, *, model, dev, emb_name, feat,
+                 workers, show_progress, stop_after, label, t_start):
+    from contextlib import nullcontext
+
+    from .store import now_utc, open_store
+    from .util import progress
+
+    workers = max(0, workers)
+    if model is not None or workers:
+        import torch
+        from torch.utils.data import DataLoader
+
+        loader = DataLoader(dataset, batch_size=None, sampler=list(batch_ids),
+                            num_workers=workers, pin_memory=(dev == "cuda"),
+                            worker_init_fn=_worker_init if workers else None,
+                            prefetch_factor=4 if workers else None, persistent_workers=False)
+        grad_off = torch.inference_mode()
+    else:  # features only, in this process: no torch needed at all
+        loader, grad_off = (dataset[k] for k in batch_ids), nullcontext()
+    if model is not None:
+        model = model.to(dev)
+        if dev == "cuda":
+            torch.backends.cudnn.benchmark = False
+            torch.backends.cudnn.deterministic = True
+    kill_after = int(os.environ.get(KILL_ENV, "0") or 0)
+    t_setup = time.perf_counter() - t_start
+    it = iter(loader)  # workers fork here, before the store is opened for writing
+    t0 = time.perf_counter()
+    f = open_store(store_path, "r+")
+    done_batches = 0
+    try:
+        ds_e = f[f"embeddings/{emb_name}"] if model is not None else None
+        ds_f = f[f"features/{FEATURES_NAME}"] if feat else None
+        with progress(unit="patches", transient=False) as bar, grad_off:
+            task = bar.add_task(label, total=n, completed=start, visible=show_progress)
+            if not show_progress:
+                bar.stop()
+            for b in it:
+                if "error" in b:
+                    raise b["error"]
+                rows = np.asarray(b["rows"])
+                lo, hi = int(rows[0]), int(rows[-1]) + 1
+                if ds_e is not None:
+                    xb = b["patches"]
+                    xb = xb.to(dev, non_blocking=True) if dev == "cuda" else xb
+                    if dev == "cuda":
+                        with torch.autocast("cuda", dtype=torch.float16):
+                            out = model(xb)
+                    else:
+                        out = model(xb)
+                    ds_e[lo:hi] = out.float().cpu().numpy()
+                if ds_f is not None:
+                    ds_f[lo:hi] = np.asarray(b["features"], dtype=np.float32)
+                f.flush()
+                done_batches += 1
+                if kill_after and done_batches >= kill_after:
+                    os.kill(os.getpid(), signal.SIGKILL)  # tests: data written, marker not
+                for ds in (ds_e, ds_f):
+                    if ds is not None and int(ds.attrs["rows_done"]) < hi:
+                        ds.attrs["rows_done"] = hi
+                f.flush()
+                bar.update(task, completed=hi)
+                if stop_after is not None and done_batches >= stop_after:
+                    raise SimulatedInterruption(f"stopped after {done_batches} batches (test hook)")
+        loop_s = time.perf_counter() - t0
+        for ds in (ds_e, ds_f):
+            if ds is not None:
+                ds.attrs["rows_done"] = n
+                ds.attrs["completed_utc"] = now_utc()
+                # timing of the last (possibly resumed) run: rows it computed, setup and loop time
+                ds.attrs["last_run_rows"] = n - start
+                ds.attrs["last_run_setup_s"] = round(t_setup, 3)
+                ds.attrs["last_run_loop_s"] = round(loop_s, 3)
+                ds.attrs["complete"] = True
+        f.flush()
+    finally:
+        f.close()
+        del it
