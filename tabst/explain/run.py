@@ -1,0 +1,543 @@
+"""``tabst explain RUN``: attributions of held-out cells for a finished ``tabst compare`` run.
+
+Which model explains which cell (the honest default)
+----------------------------------------------------
+Each fold of the run held out one or more samples. A cell is explained by **the model of the
+fold that held its sample out** (``models/<model>/fold_<k>/``, with that fold's fitted
+``features/fold_<k>.joblib``), i.e. by a model that never saw the cell, its sample, or any
+spatial neighbour — the same predictions that were scored in the leaderboard (checked: the
+reloaded model must reproduce ``predictions.h5``). Each fold model has its own base value
+(its training mean), so ``base`` is stored per cell.
+
+With ``refit=True`` the models refitted on all rows (``models/<model>/all/``, features
+``features/all.joblib``) explain the same cells instead: the model one would deploy, but the
+cells were *in its training data*; the report says so in its header.
+
+Bounded work
+------------
+At most ``cells`` held-out cells are explained in total (spread over the folds in proportion to
+their test size, drawn at random with ``seed``), for ``top_genes`` genes (default: the best
+model's best genes by gene-wise Pearson) plus any named ``genes``. The built-in models need no
+background sample (ridge and TabNet use the training mean as baseline, the trees are explained
+path-dependently / by XGBoost's exact TreeSHAP); ``background`` rows of the fold's training data
+are passed to models whose ``explain`` accepts a ``background=`` argument.
+"""
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from ..errors import TabstError
+from .attribution import (
+    AdditivityWarning,
+    ModelAttributions,
+    concat,
+    explain_model,
+    read_attributions,
+    tabnet_masks,
+    write_attributions,
+)
+from .grouping import readable_importance
+
+DEFAULT_CELLS = 600
+DEFAULT_TOP_GENES = 5
+DEFAULT_BACKGROUND = 200
+SKIP_MODELS = ("mean",)  # constant baseline: all attributions are 0
+
+
+# --------------------------------------------------------------------------------------------
+# the run folder
+# --------------------------------------------------------------------------------------------
+class Run:
+    """Read-only view of a compare run folder (see :mod:`tabst.compare` for the layout)."""
+
+    def __init__(self, run_dir):
+        import pandas as pd
+
+        self.dir = Path(run_dir)
+        if not self.dir.is_dir():
+            raise TabstError(f"{self.dir}: no such run folder. Create one with `tabst compare`.")
+        for name in ("run.json", "leaderboard.csv", "predictions.h5"):
+            if not (self.dir / name).exists():
+                raise TabstError(f"{self.dir}: not a complete tabst compare run (no {name}). "
+                                 "Re-run `tabst compare`.")
+        self.meta = json.loads((self.dir / "run.json").read_text())
+        self.leaderboard = pd.read_csv(self.dir / "leaderboard.csv")
+        pg = self.dir / "per_gene.csv"
+        self.per_gene = pd.read_csv(pg) if pg.exists() else None
+        self.primary = self.meta.get("primary_metric", "cellwise_spearman")
+
+    def store_path(self, store=None) -> Path:
+        p = Path(store) if store is not None else Path(self.meta.get("store", {}).get("path", ""))
+        if not p.exists():
+            raise TabstError(f"{self.dir}: the run's store {p} does not exist (moved?). Pass "
+                             "--store PATH to point at it.")
+        return p
+
+    def ok_models(self) -> list[str]:
+        lb = self.leaderboard
+        return [str(m) for m, n, k in zip(lb["model"], lb["n_folds_ok"], lb["n_folds"])
+                if int(n) == int(k) and int(n) > 0]
+
+    def label(self, model: str) -> str:
+        return str(self.meta.get("labels", {}).get(model, model))
+
+    def model_dir(self, model: str, fold: int | None) -> Path:
+        return self.dir / "models" / model / ("all" if fold is None else f"fold_{fold}")
+
+    def features_path(self, fold: int | None) -> Path:
+        """Folder of the fitted FeatureBuilder (``features/fold_<k>`` or ``features/all``)."""
+        return self.dir / "features" / ("all" if fold is None else f"fold_{fold}")
+
+    def feature_builder(self, fold: int | None):
+        """The fitted :class:`tabst.dataset.FeatureBuilder` of a fold (None: the refit's)."""
+        from ..dataset import FeatureBuilder
+
+        p = self.features_path(fold)
+        if p.is_dir():
+            return FeatureBuilder.load(p)
+        if p.with_suffix(".joblib").exists():  # older run folders
+            import joblib
+
+            return joblib.load(p.with_suffix(".joblib"))
+        raise TabstError(f"{p}: the fitted feature builder is missing; re-run `tabst compare`.")
+
+    def folds(self) -> list[int]:
+        import h5py
+
+        with h5py.File(self.dir / "predictions.h5", "r") as f:
+            return sorted(int(k.split("_")[1]) for k in f.keys() if k.startswith("fold_"))
+
+    def genes(self) -> list[str]:
+        import h5py
+
+        from ..store import read_strings
+
+        with h5py.File(self.dir / "predictions.h5", "r") as f:
+            return [str(g) for g in read_strings(f["genes"])]
+
+    def gene_scores(self, model: str) -> dict:
+        if self.per_gene is None:
+            return {}
+        d = self.per_gene[self.per_gene["model"] == model]
+        return {str(g): float(v) for g, v in zip(d["gene"], d["pearson_mean"])}
+
+    def mean_score(self, model: str, metric: str = "genewise_pearson") -> float:
+        d = self.leaderboard[self.leaderboard["model"] == model]
+        return float(d[f"{metric}_mean"].iloc[0]) if len(d) else float("nan")
+
+    def random_weights_banner(self) -> str | None:
+        emb = self.meta.get("embedding") or {}
+        attrs = emb.get("attrs") or {}
+        w = str(attrs.get("weights", ""))
+        if w.lower() == "random":
+            return (f"The image embedding '{emb.get('name')}' was computed with RANDOM encoder "
+                    "weights (not ImageNet-pretrained): embedding features carry no learned "
+                    "histology; attributions to the embedding group are not meaningful.")
+        return None
+
+
+def choose_best(run: Run, models: Sequence[str]) -> str:
+    """The best of ``models`` by the run's primary metric (leaderboard order)."""
+    for m in run.leaderboard["model"].astype(str):
+        if m in models:
+            return m
+    raise TabstError("none of the chosen models is in the leaderboard.")
+
+
+def choose_genes(run: Run, best: str, genes: Sequence[str] | None, top_genes: int) -> list[str]:
+    """Named genes (validated) + the best model's ``top_genes`` genes by gene-wise Pearson."""
+    all_genes = run.genes()
+    out = []
+    for g in genes or []:
+        if g not in all_genes:
+            close = [x for x in all_genes if x.lower().startswith(str(g).lower()[:3])][:8]
+            raise TabstError(f"gene {g!r} is not in the run (it has {len(all_genes)} genes"
+                             + (f"; similar: {', '.join(close)}" if close else "") + ").")
+        if g not in out:
+            out.append(g)
+    if top_genes and top_genes > 0:
+        sc = run.gene_scores(best)
+        ranked = sorted((g for g in all_genes if np.isfinite(sc.get(g, np.nan))),
+                        key=lambda g: -sc[g])
+        if not ranked:
+            ranked = list(all_genes)
+        for g in ranked:
+            if len(out) >= len(genes or []) + top_genes:
+                break
+            if g not in out:
+                out.append(g)
+    if not out:
+        raise TabstError("no genes to explain: pass --genes G1,G2 or --top-genes N (N >= 1).")
+    return out
+
+
+def _cells_per_fold(sizes: dict, total: int) -> dict:
+    """Spread ``total`` cells over folds in proportion to their test size (≥ 1 each)."""
+    n_all = sum(sizes.values())
+    if total >= n_all:
+        return dict(sizes)
+    out = {k: max(1, int(round(total * v / n_all))) for k, v in sizes.items()}
+    return {k: min(v, sizes[k]) for k, v in out.items()}
+
+
+# --------------------------------------------------------------------------------------------
+# computation
+# --------------------------------------------------------------------------------------------
+def explain_run(run_dir, *, genes: Sequence[str] | None = None, top_genes: int = DEFAULT_TOP_GENES,
+                models: Sequence[str] | None = None, cells: int = DEFAULT_CELLS,
+                refit: bool = False, background: int = DEFAULT_BACKGROUND, seed: int = 0,
+                store=None, show_progress: bool = True):
+    """Compute attributions for a compare run (no files written).
+
+    Returns ``(results {model: ModelAttributions}, info dict)``; ``info`` has ``best_model``,
+    ``genes``, ``mode_text``, ``warnings``, ``store``.
+    """
+    import h5py
+
+    from ..models import load_model
+    from ..store import opened, read_strings
+    from ..util import progress
+
+    run = Run(run_dir)
+    ok = run.ok_models()
+    if models:
+        models = [m.strip() for m in models if m and m.strip()]
+        unknown = [m for m in models if m not in list(run.leaderboard["model"].astype(str))]
+        if unknown:
+            raise TabstError(f"model(s) {', '.join(unknown)} are not in this run (it has: "
+                             f"{', '.join(run.leaderboard['model'].astype(str))}).")
+        failed = [m for m in models if m not in ok]
+        if failed:
+            raise TabstError(f"model(s) {', '.join(failed)} failed in at least one fold of this "
+                             "run; they cannot be explained (see the run's logs/).")
+    else:
+        models = [m for m in ok if m not in SKIP_MODELS] or ok
+    if not models:
+        raise TabstError(f"{run.dir}: no model finished every fold; nothing to explain.")
+    if cells < 1:
+        raise TabstError("--cells must be >= 1.")
+    folds = run.folds()
+    missing = [(m, k) for m in models for k in ([None] if refit else folds)
+               if not (run.model_dir(m, k) / "model.json").exists()]
+    if missing:
+        what = "refit models (models/<model>/all)" if refit else "fold models"
+        fix = ("re-run compare with refit_all: true" if refit else
+               "re-run compare with save_fold_models: true, or pass --refit to use the refit "
+               "models")
+        raise TabstError(f"{run.dir}: the {what} are missing for "
+                         f"{', '.join(sorted({m for m, _ in missing}))}: {fix}.")
+    best = choose_best(run, models)
+    genes = choose_genes(run, best, genes, top_genes)
+    all_genes = run.genes()
+    gidx = [all_genes.index(g) for g in genes]
+    store_path = run.store_path(store)
+    rng = np.random.default_rng(seed)
+    warn = []
+
+    # held-out cells of each fold, from predictions.h5
+    fold_cells = {}
+    with h5py.File(run.dir / "predictions.h5", "r") as ph:
+        sizes = {k: int(ph[f"fold_{k}/cell_id"].shape[0]) for k in folds}
+        fold_rows = {k: ph[f"fold_{k}/row"][()].astype(np.int64) for k in folds
+                     if "row" in ph[f"fold_{k}"]}
+        want = _cells_per_fold(sizes, cells)
+        for k in folds:
+            g = ph[f"fold_{k}"]
+            pick = np.sort(rng.choice(sizes[k], size=want[k], replace=False))
+            if "row" not in g:
+                raise TabstError(f"{run.dir}/predictions.h5: fold_{k} has no 'row' dataset "
+                                 "(store rows of the test cells); re-run `tabst compare`.")
+            fold_cells[k] = {
+                "row": g["row"][()][pick].astype(np.int64),
+                "cell_id": read_strings(g["cell_id"])[pick],
+                "sample": read_strings(g["sample"])[pick],
+                "x": g["x"][()][pick] if "x" in g else None,
+                "y": g["y"][()][pick] if "y" in g else None,
+                # sorted fancy reads: only the picked rows leave the disk
+                "truth": g["truth"][pick][:, gidx].astype(np.float32),
+                "pred": {m: g[f"pred/{m}"][pick][:, gidx] for m in models
+                         if f"pred/{m}" in g},
+            }
+
+    parts: dict = {m: [] for m in models}
+    ig_resid: dict = {}
+    n_units = len(models) * len(folds)
+    pbar = progress(unit="fits") if show_progress else None
+    with opened(store_path) as f:
+        tissue_all = (read_strings(f["cells/tissue"]) if "cells/tissue" in f else None)
+        cm = pbar if pbar is not None else _Null()
+        with cm as p:
+            task = p.add_task("explain", total=n_units) if pbar is not None else None
+            fb_cache = {}
+            for k in folds:
+                fc = fold_cells[k]
+                rows = fc["row"]
+                order = np.argsort(rows, kind="stable")  # store reads want sorted rows
+                fkey = None if refit else k
+                if fkey not in fb_cache:
+                    fb_cache = {fkey: run.feature_builder(fkey)}
+                fb = fb_cache[fkey]
+                Xs = np.asarray(fb.transform(f, rows[order]), dtype=np.float32)
+                X = np.empty_like(Xs)
+                X[order] = Xs
+                for m in models:
+                    if pbar is not None:
+                        p.update(task, description=f"explain · fold {k} · {m}")
+                    model = load_model(run.model_dir(m, fkey))
+                    if list(getattr(model, "target_names_", all_genes)) != all_genes:
+                        raise TabstError(f"{run.model_dir(m, fkey)}: the model's genes differ from "
+                                         "the run's predictions.h5.")
+                    bg = None
+                    if background and background > 0 and accepts_background(model):
+                        bg = _background(f, fb, fold_rows, k, refit, background, rng)
+                    with warnings.catch_warnings(record=True) as wl:
+                        warnings.simplefilter("always")
+                        values, base, pred, err, method, fn, fg = explain_model(
+                            model, X, gidx, background=bg, what=f"{m} fold {k}")
+                    for w in wl:
+                        if issubclass(w.category, AdditivityWarning):
+                            warn.append(str(w.message))
+                    if not refit and m in fc["pred"]:
+                        diff = float(np.max(np.abs(pred - fc["pred"][m]), initial=0.0))
+                        if diff > 1e-3 + 1e-3 * float(np.abs(pred).max(initial=0.0)):
+                            warn.append(f"{m} fold {k}: the reloaded model's predictions differ "
+                                        f"from predictions.h5 by up to {diff:.3g}.")
+                    res = ModelAttributions(
+                        model=m, cell_id=fc["cell_id"], sample=fc["sample"],
+                        fold=np.full(len(rows), -1 if refit else k, dtype=np.int32),
+                        genes=list(genes), features=fn, groups=fg, values=values,
+                        base=np.broadcast_to(base, (len(rows), len(genes))).copy(),
+                        prediction=pred, truth=fc["truth"], x=fc["x"], y=fc["y"],
+                        method=method, source=f"models/{m}/" + ("all" if refit else "fold_<k>"),
+                        max_additivity_error=err, inputs=X,
+                        tissue=None if tissue_all is None else tissue_all[rows])
+                    if hasattr(model, "ig_max_residual_"):
+                        ig_resid[m] = max(ig_resid.get(m, 0.0), float(model.ig_max_residual_))
+                    mk = tabnet_masks(model, X) if hasattr(model, "masks") else None
+                    if mk is not None:
+                        res.mask_aggregate, res.mask_steps = mk
+                    parts[m].append(res)
+                    if pbar is not None:
+                        p.advance(task)
+    results = {m: concat(parts[m]) for m in models}
+    for m, r in ig_resid.items():
+        results[m].method += (f" (largest integrated-gradients residual before the correction: "
+                              f"{r:.3g} x |f(x) - f(baseline)|"
+                              + ("; large: the correction dominates, read with care)"
+                                 if r > 0.1 else ")"))
+    n = results[best].n
+    if refit:
+        mode = (f"{n} cells drawn at random from the held-out cells of the {len(folds)} folds, "
+                "explained by the models REFITTED ON ALL ROWS (models/<model>/all). These cells "
+                "were part of those models' training data: the explanations describe the model one "
+                "would deploy, not out-of-sample behaviour.")
+        warn.insert(0, "Refit models explain cells they were trained on (in-sample).")
+    else:
+        mode = (f"{n} held-out cells drawn at random (seed {seed}) over the {len(folds)} "
+                "cross-validation folds; each cell is explained by the model of the fold that held "
+                "its sample out (models/<model>/fold_<k>, with that fold's feature builder), i.e. "
+                "by a model that never saw the cell or its sample. Each fold model has its own "
+                "base "
+                "value (its training mean).")
+    if run.meta.get("unsafe_random_split"):
+        warn.insert(0, "This run used a RANDOM CELL-LEVEL split: held-out cells have spatial "
+                       "neighbours in the training data; scores and explanations are optimistic.")
+    store_rows = {str(c): int(r) for k in folds
+                  for c, r in zip(fold_cells[k]["cell_id"], fold_cells[k]["row"])}
+    info = {"best_model": best, "genes": genes, "mode_text": mode, "warnings": warn,
+            "store_rows": store_rows,
+            "store": str(store_path), "run": run, "refit": refit, "folds": folds}
+    return results, info
+
+
+def accepts_background(model) -> bool:
+    """Whether ``model.explain`` takes a ``background=`` argument."""
+    import inspect
+
+    try:
+        params = inspect.signature(model.explain).parameters
+    except (TypeError, ValueError):  # pragma: no cover
+        return False
+    return "background" in params
+
+
+def _background(f, fb, fold_rows: dict, k: int, refit: bool, n: int, rng) -> np.ndarray:
+    """``n`` random training rows of fold ``k`` (the other folds' test rows), as features."""
+    pool = np.concatenate([r for j, r in fold_rows.items() if refit or j != k])
+    pick = np.sort(rng.choice(pool, size=min(n, len(pool)), replace=False))
+    return np.asarray(fb.transform(f, pick), dtype=np.float32)
+
+
+class _Null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
+
+    def add_task(self, *a, **k):
+        return None
+
+
+def tree_rules(run: Run, genes: Sequence[str], refit_first: bool = True, max_depth: int = 4,
+               max_lines: int = 120) -> dict:
+    """``{gene: (rules_text, note)}`` of the run's decision tree (``tree`` model), if any.
+
+    The refitted tree (``models/tree/all``) is shown when it exists (the tree one would read and
+    deploy), else the tree of fold 0. Through a PCA codec the tree's splits were learned for all
+    components jointly; its leaves are shown as this gene's value decoded through the loadings,
+    and the note names the component with the largest loading for the gene.
+    """
+    from ..models import load_model
+
+    cands = [run.model_dir("tree", None)] if refit_first else []
+    cands += [run.model_dir("tree", k) for k in run.folds()]
+    path = next((p for p in cands if (p / "model.json").exists()), None)
+    if path is None:
+        return {}
+    try:
+        tree = load_model(path)
+    except Exception as e:  # noqa: BLE001 - rules are an extra
+        warnings.warn(f"cannot load the decision tree at {path}: {e}")
+        return {}
+    if not hasattr(tree, "rules_text"):
+        return {}
+    where = "refitted on all rows" if path.name == "all" else f"of fold {path.name[5:]}"
+    out = {}
+    codec = getattr(tree, "codec_", None)
+    for g in genes:
+        try:
+            text = tree.rules_text(g, max_depth=max_depth)
+        except Exception as e:  # noqa: BLE001
+            warnings.warn(f"decision tree rules for {g}: {e}")
+            continue
+        lines = text.splitlines()
+        if len(lines) > max_lines:
+            text = "\n".join(lines[:max_lines] + [f"... ({len(lines) - max_lines} more lines)"])
+        note = f"Tree {where} ({tree.display_name}), shown to depth {max_depth}. "
+        comps = getattr(codec, "components_", None)
+        if comps is not None and g in tree.target_names_:
+            j = tree.target_names_.index(g)
+            c = int(np.argmax(np.abs(comps[:, j])))
+            note += (f"The tree predicts {comps.shape[0]} target-PCA components with shared "
+                     f"splits; leaf values here are {g} decoded through the loadings. {g} loads "
+                     f"most on component {c} (loading {comps[c, j]:+.3f}), so these splits are "
+                     f"mostly those that serve component {c}.")
+        else:
+            note += "Leaf values are the predicted expression of this gene."
+        out[g] = (text, note)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# public entry points
+# --------------------------------------------------------------------------------------------
+def run_explain(run_dir, genes: Sequence[str] | None = None, top_genes: int = DEFAULT_TOP_GENES,
+                models: Sequence[str] | None = None, cells: int = DEFAULT_CELLS, *,
+                refit: bool = False, background: int = DEFAULT_BACKGROUND, out=None,
+                store=None, seed: int = 0, gallery: int = 6, max_bytes: int | None = None,
+                show_progress: bool = True) -> Path:
+    """Explain a compare run: write ``attributions.h5`` in the run folder and the report.
+
+    Parameters
+    ----------
+    run_dir : a finished ``tabst compare`` run folder.
+    genes : genes to explain (validated against the run).
+    top_genes : additionally, the best model's top-N genes by gene-wise Pearson (0: none).
+    models : models to explain (default: every model that finished all folds, except the
+        constant ``mean`` baseline).
+    cells : total held-out cells to explain (spread over the folds).
+    refit : use the refit-on-all-rows models instead of the fold models (in-sample; flagged).
+    background : rows passed to models whose ``explain`` takes a background (none built-in).
+    out : report path (default ``RUN/explain.html``).
+    store : the run's store, when it moved since ``compare``.
+    seed : cell sampling seed.  gallery : highest/lowest cells per gene in the patch gallery.
+    max_bytes : report size budget (default 5 MB).
+
+    Returns
+    -------
+    Path of the written report.
+    """
+    from .gallery import extreme_cells, read_patches
+    from .report import MAX_BYTES, ReportInputs, write_report
+
+    results, info = explain_run(run_dir, genes=genes, top_genes=top_genes, models=models,
+                                cells=cells, refit=refit, background=background, seed=seed,
+                                store=store, show_progress=show_progress)
+    run: Run = info["run"]
+    genes = info["genes"]
+    best = info["best_model"]
+    write_attributions(run.dir / "attributions.h5", list(results.values()),
+                       attrs={"best_model": best, "genes": list(genes),
+                              "mode": "refit" if refit else "fold models",
+                              "run": str(run.dir.resolve())})
+    # patch gallery: extreme predictions of the best model
+    b = results[best]
+    want = {}
+    for j in range(len(genes)):
+        hi, lo = extreme_cells(b.prediction[:, j], gallery)
+        for i in hi + lo:
+            want[i] = True
+    idx = sorted(want)
+    patches = {}
+    if idx and b.x is not None:
+        rowmap = [info["store_rows"][str(c)] for c in b.cell_id[idx]]
+        emb = (run.meta.get("embedding") or {}).get("attrs") or {}
+        size = int(emb.get("patch_size") or 64)
+        with warnings.catch_warnings(record=True) as wl:
+            warnings.simplefilter("always")
+            ps = read_patches(info["store"], rowmap, b.sample[idx], b.x[idx], b.y[idx],
+                              size=size)
+        if any(p is None for p in ps):
+            info["warnings"].append("Some gallery patches could not be read: "
+                                    + "; ".join(sorted({str(w.message) for w in wl})[:3]))
+        patches = {str(b.cell_id[i]): p for i, p in zip(idx, ps)}
+    inp = ReportInputs(
+        run_name=run.dir.name, best_model=best, mode_text=info["mode_text"],
+        scores={m: run.gene_scores(m) for m in results},
+        mean_scores={m: run.mean_score(m) for m in results},
+        banner=run.random_weights_banner(), warnings=info["warnings"],
+        rules=tree_rules(run, genes), patches=patches, gallery_k=gallery)
+    out = Path(out) if out is not None else run.dir / "explain.html"
+    return write_report(out, results, genes, inp, max_bytes or MAX_BYTES)
+
+
+def top_readable_feature(source, gene: str, model: str | None = None) -> str:
+    """The named (non-embedding) feature with the largest mean |attribution| for ``gene``.
+
+    ``source``: a run folder (reads its ``attributions.h5``), an ``attributions.h5`` path, or a
+    ``{model: ModelAttributions}`` dict. ``model`` defaults to the best model recorded in the
+    file (the one the report's per-gene panels use).
+    """
+    return readable_ranking(source, gene, model, top=1)[0]["feature"]
+
+
+def readable_ranking(source, gene: str, model: str | None = None, top: int | None = None):
+    """Named features ranked for ``gene`` (see :func:`top_readable_feature`): list of dicts
+    ``{feature, group, index, importance, mean_attribution}``."""
+    import h5py
+
+    best = None
+    if isinstance(source, dict):
+        results = source
+    else:
+        p = Path(source)
+        if p.is_dir():
+            p = p / "attributions.h5"
+        results = read_attributions(p)
+        with h5py.File(p, "r") as f:
+            best = f.attrs.get("best_model")
+    if model is None:
+        model = str(best) if best else next(iter(results))
+    if model not in results:
+        raise TabstError(f"model {model!r} was not explained (explained: {', '.join(results)}).")
+    r = results[model]
+    ranking = readable_importance(r.values, r.features, r.groups, r.gene_index(gene), top)
+    if not ranking:
+        raise TabstError(f"model {model}: no named (non-embedding) features to rank.")
+    return ranking
