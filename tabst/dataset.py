@@ -1,0 +1,422 @@
+"""Tabular dataset builder: a store + a declared feature set → X [n, F] with names and groups.
+
+A feature set is a dict (from YAML), every key optional (defaults in :data:`DEFAULT_FEATURE_SET`)::
+
+    embedding:     {name: auto | <name in /embeddings>, pca: 64 | null}   # or null: no embedding
+    metadata:      {tissue: true, position: true}
+    features:      [morphology]            # datasets in /features (names/groups from their attrs)
+    neighbourhood: {k: 8, components: 16} | null
+
+Columns, in this order, with their group:
+
+- ``emb_pc1..`` (group ``embedding``): the embedding projected on its first ``pca`` principal
+  components; the PCA (mean + components) is fitted on the *training rows only*, streaming with
+  :func:`tabst.store.iter_batches` and an exact float64 covariance accumulation (``dsyrk``), then
+  ``eigh``. ``pca: null`` → the raw embedding columns ``emb_0..``.
+- ``tissue=<t>`` (group ``tissue``): one-hot over the tissues seen in the training rows; an unseen
+  tissue gives all zeros.
+- ``x_norm``, ``y_norm`` (group ``position``): min–max normalised to [0, 1] within each sample,
+  over all cells of that sample in the store (the position of a cell in its own section; no
+  expression is used, so it does not leak). A sample whose cells all share one x (or y) gets 0.5.
+- the columns of each ``/features/<name>`` (names and groups from the dataset's ``names`` and
+  ``groups`` attrs; group defaults to ``<name>``). Missing values stay NaN.
+- ``nbr_pc1..`` (group ``neighbourhood``): mean of the first ``components`` embedding PCs over the
+  ``k`` nearest *other* cells of the same sample (``scipy.spatial.cKDTree`` on x, y; neighbours are
+  looked up among all cells of the sample in the store, the cell itself excluded). A sample with a
+  single cell gives NaN.
+
+NaN policy: the builder keeps NaN (XGBoost handles it). Models that cannot (ridge, tree, tabnet,
+mean) impute in-fold medians themselves (:class:`tabst.models.base.TabstModel`), so a saved model
+carries its own imputer.
+"""
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import numpy as np
+
+from .errors import StoreError, TabstError
+from .store import get_str_list, iter_batches, opened, read_strings
+
+DEFAULT_FEATURE_SET = {
+    "embedding": {"name": "auto", "pca": 64},
+    "metadata": {"tissue": True, "position": True},
+    "features": ["morphology"],
+    "neighbourhood": None,
+}
+_TOP_KEYS = set(DEFAULT_FEATURE_SET)
+
+
+def validate_spec(spec: dict | None) -> dict:
+    """Merge ``spec`` over the defaults and check it; raises :class:`TabstError` naming the key."""
+    spec = {} if spec is None else dict(spec)
+    unknown = sorted(set(spec) - _TOP_KEYS)
+    if unknown:
+        raise TabstError(f"feature set: unknown key(s) {', '.join(unknown)}; "
+                         f"valid keys: {', '.join(sorted(_TOP_KEYS))}.")
+    out = copy.deepcopy(DEFAULT_FEATURE_SET)
+    for k, v in spec.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = {**out[k], **v}
+        else:
+            out[k] = v
+    emb = out["embedding"]
+    if emb is not None:
+        if not isinstance(emb, dict) or set(emb) - {"name", "pca"}:
+            raise TabstError("feature set: 'embedding' must be null or "
+                             "{name: auto|NAME, pca: int|null}.")
+        if emb.get("pca") is not None and int(emb["pca"]) < 1:
+            raise TabstError("feature set: embedding.pca must be >= 1 or null.")
+    md = out["metadata"] or {}
+    if not isinstance(md, dict) or set(md) - {"tissue", "position"}:
+        raise TabstError("feature set: 'metadata' must be {tissue: bool, position: bool}.")
+    out["metadata"] = {"tissue": bool(md.get("tissue", False)),
+                       "position": bool(md.get("position", False))}
+    feats = out["features"] or []
+    if isinstance(feats, str):
+        feats = [feats]
+    out["features"] = [str(f) for f in feats]
+    nb = out["neighbourhood"]
+    if nb is not None:
+        if not isinstance(nb, dict) or set(nb) - {"k", "components"}:
+            raise TabstError("feature set: 'neighbourhood' must be null or "
+                             "{k: int, components: int}.")
+        nb = {"k": int(nb.get("k", 8)), "components": int(nb.get("components", 16))}
+        if nb["k"] < 1 or nb["components"] < 1:
+            raise TabstError("feature set: neighbourhood.k and .components must be >= 1.")
+        if emb is None:
+            raise TabstError("feature set: 'neighbourhood' averages embedding PCs, so it needs an "
+                             "'embedding' section.")
+        out["neighbourhood"] = nb
+    return out
+
+
+def rows_with_expression(store) -> np.ndarray:
+    """Row indices (sorted) of cells with measured expression (``/cells/has_expression``, or
+    every row when that field is absent)."""
+    with opened(store) as f:
+        if "expression/X" not in f:
+            raise StoreError(f"{getattr(f, 'filename', store)}: no /expression/X in the store; "
+                             "ingest expression first (`tabst ingest ...`).")
+        n = f["cells/cell_id"].shape[0]
+        if "cells/has_expression" in f:
+            return np.flatnonzero(np.asarray(f["cells/has_expression"][()], dtype=bool))
+        return np.arange(n)
+
+
+def load_targets(store, rows, batch_size: int = 16384):
+    """Expression of ``rows`` → (Y float32 [n, G], genes list). Raises if a row holds NaN."""
+    rows = np.asarray(rows, dtype=np.int64)
+    with opened(store) as f:
+        if "expression/X" not in f:
+            raise StoreError(f"{getattr(f, 'filename', store)}: no /expression/X in the store.")
+        genes = [str(g) for g in read_strings(f["expression/genes"])]
+        Y = np.empty((len(rows), len(genes)), dtype=np.float32)
+        pos = 0
+        for b in iter_batches(f, ["expression/X"], batch_size, rows=rows):
+            y = b["expression/X"]
+            Y[pos:pos + len(y)] = y
+            pos += len(y)
+        bad = ~np.isfinite(Y).all(axis=1)
+        if bad.any():
+            i = int(rows[np.flatnonzero(bad)[0]])
+            cid = read_strings(f["cells/cell_id"])[i] if "cells/cell_id" in f else i
+            raise StoreError(f"{getattr(f, 'filename', store)}: /expression/X row {i + 1} (cell "
+                             f"{cid}) holds NaN: {int(bad.sum())} requested rows have no "
+                             "expression. "
+                             "Select rows with tabst.dataset.rows_with_expression(store).")
+    return Y, genes
+
+
+class FeatureBuilder:
+    """Build X [n, F] from a store according to a feature-set spec (see module docstring).
+
+    Parameters
+    ----------
+    spec : dict or None (None → :data:`DEFAULT_FEATURE_SET`); validated at construction.
+    batch_size : rows per streamed read.
+
+    Attributes (after :meth:`fit`)
+    ------------------------------
+    feature_names_, feature_groups_ : list[str], one per column of X.
+    embedding_name_ : str or None.  pca_mean_ [D], pca_components_ [p, D],
+    pca_explained_variance_ratio_ [p].  tissues_ : list[str].  n_train_rows_ : int.
+    """
+
+    def __init__(self, spec: dict | None = None, batch_size: int = 16384):
+        self.spec = validate_spec(spec)
+        self.batch_size = int(batch_size)
+
+    # --- fit -------------------------------------------------------------------------------------
+    def fit(self, store, rows) -> "FeatureBuilder":
+        """Fit everything learned (embedding PCA, tissue categories) on the training ``rows``."""
+        rows = np.sort(np.asarray(rows, dtype=np.int64))
+        if len(rows) < 2:
+            raise TabstError(f"feature builder: need at least 2 training rows, got {len(rows)}.")
+        sp = self.spec
+        with opened(store) as f:
+            fname = getattr(f, "filename", str(store))
+            self.embedding_name_ = self._pick_embedding(f) if sp["embedding"] else None
+            self.n_train_rows_ = int(len(rows))
+            n_pc = 0
+            if self.embedding_name_:
+                D = int(f[f"embeddings/{self.embedding_name_}"].shape[1])
+                self.embedding_dim_ = D
+                n_pc = max(sp["embedding"]["pca"] or 0,
+                           sp["neighbourhood"]["components"] if sp["neighbourhood"] else 0)
+                if n_pc:
+                    self._fit_pca(f, rows, min(n_pc, D, len(rows)))
+            self.tissues_ = []
+            if sp["metadata"]["tissue"]:
+                t = read_strings(f["cells/tissue"])[rows] if "cells/tissue" in f else []
+                self.tissues_ = sorted({str(v) for v in t})
+            self.extra_features_ = []
+            for name in sp["features"]:
+                key = f"features/{name}"
+                if key not in f:
+                    have = sorted(f["features"].keys()) if "features" in f else []
+                    raise StoreError(
+                        f"{fname}: the feature set asks for /features/{name}, which the store "
+                        f"lacks (it has: {', '.join(have) or 'none'}). Run `tabst embed` to add "
+                        f"morphology features, or remove '{name}' from the feature set's features.")
+                ds = f[key]
+                K = int(ds.shape[1]) if ds.ndim == 2 else 1
+                names = get_str_list(ds, "names") if "names" in ds.attrs else \
+                    [f"{name}_{i}" for i in range(K)]
+                groups = get_str_list(ds, "groups") if "groups" in ds.attrs else [name] * K
+                if len(names) != K or len(groups) != K:
+                    raise StoreError(f"{fname}: /features/{name} has {K} columns but its names/"
+                                     f"groups attrs have {len(names)}/{len(groups)} entries.")
+                self.extra_features_.append({"name": name, "names": names, "groups": groups})
+        self._build_names()
+        return self
+
+    def _pick_embedding(self, f) -> str:
+        name = self.spec["embedding"]["name"]
+        fname = getattr(f, "filename", "store")
+        have = sorted(f["embeddings"].keys()) if "embeddings" in f else []
+        if name not in (None, "auto"):
+            if name not in have:
+                raise StoreError(f"{fname}: no embedding '{name}' "
+                                 f"(have: {', '.join(have) or 'none'}). "
+                                 "Run `tabst embed` or set embedding.name to one of them.")
+            return str(name)
+        complete = [h for h in have if bool(f[f"embeddings/{h}"].attrs.get("complete", True))]
+        if not complete:
+            raise StoreError(f"{fname}: no complete embedding in /embeddings "
+                             f"({'none at all' if not have else 'incomplete: ' + ', '.join(have)})"
+                             ". "
+                             "Run `tabst embed` (a rerun resumes), or set 'embedding: null'.")
+        if len(complete) > 1:
+            raise TabstError(f"{fname}: several embeddings ({', '.join(complete)}); name one in "
+                             "the feature set (embedding.name) instead of 'auto'.")
+        return complete[0]
+
+    def _fit_pca(self, f, rows, n_pc: int):
+        from scipy.linalg.blas import dsyrk
+
+        key = f"embeddings/{self.embedding_name_}"
+        D = self.embedding_dim_
+        s = np.zeros(D)
+        xx = np.zeros((D, D), order="F")
+        n = 0
+        for b in iter_batches(f, [key], self.batch_size, rows=rows):
+            E = np.ascontiguousarray(b[key], dtype=np.float64)
+            if not np.isfinite(E).all():
+                i = int(b["rows"][np.flatnonzero(~np.isfinite(E).all(axis=1))[0]])
+                raise StoreError(f"{getattr(f, 'filename', 'store')}: /{key} row {i + 1} holds "
+                                 "NaN; "
+                                 "re-run `tabst embed` to complete the embedding.")
+            n += E.shape[0]
+            s += E.sum(axis=0)
+            xx = dsyrk(1.0, E.T, beta=1.0, c=xx, trans=0, lower=0, overwrite_c=1)
+        U = np.triu(xx)
+        xx = U + np.triu(U, 1).T
+        mean = s / n
+        cov = (xx - n * np.outer(mean, mean)) / max(n - 1, 1)
+        evals, evecs = np.linalg.eigh(cov)
+        order = np.argsort(evals)[::-1][:n_pc]
+        comps = evecs[:, order].T
+        sign = np.sign(comps[np.arange(len(order)), np.abs(comps).argmax(axis=1)])
+        sign[sign == 0] = 1
+        self.pca_mean_ = mean
+        self.pca_components_ = comps * sign[:, None]
+        tot = max(float(np.trace(cov)), 1e-300)
+        self.pca_explained_variance_ratio_ = np.clip(evals[order], 0, None) / tot
+
+    def _build_names(self):
+        sp = self.spec
+        names, groups = [], []
+        if self.embedding_name_:
+            p = sp["embedding"]["pca"]
+            if p:
+                p = min(int(p), self.pca_components_.shape[0])
+                names += [f"emb_pc{i + 1}" for i in range(p)]
+            else:
+                names += [f"emb_{i}" for i in range(self.embedding_dim_)]
+            groups += ["embedding"] * (len(names) - len(groups))
+        for t in self.tissues_:
+            names.append(f"tissue={t}")
+            groups.append("tissue")
+        if sp["metadata"]["position"]:
+            names += ["x_norm", "y_norm"]
+            groups += ["position", "position"]
+        for ef in self.extra_features_:
+            names += list(ef["names"])
+            groups += list(ef["groups"])
+        if sp["neighbourhood"]:
+            c = min(sp["neighbourhood"]["components"], self.pca_components_.shape[0])
+            names += [f"nbr_pc{i + 1}" for i in range(c)]
+            groups += ["neighbourhood"] * c
+        self.feature_names_, self.feature_groups_ = names, groups
+
+    # --- transform -------------------------------------------------------------------------------
+    def transform(self, store, rows) -> np.ndarray:
+        """X float32 [len(rows), F] for ``rows`` (in the given order)."""
+        self._check_fitted()
+        rows = np.asarray(rows, dtype=np.int64)
+        sp = self.spec
+        F = len(self.feature_names_)
+        X = np.empty((len(rows), F), dtype=np.float32)
+        with opened(store) as f:
+            col = 0
+            if self.embedding_name_:
+                key = f"embeddings/{self.embedding_name_}"
+                p = sp["embedding"]["pca"]
+                width = min(int(p), self.pca_components_.shape[0]) if p else self.embedding_dim_
+                pos = 0
+                for b in iter_batches(f, [key], self.batch_size, rows=rows):
+                    E = b[key]
+                    m = len(E)
+                    X[pos:pos + m, col:col + width] = self._project(E, width) if p else E
+                    pos += m
+                col += width
+            if self.tissues_:
+                t = read_strings(f["cells/tissue"])[rows]
+                for i, name in enumerate(self.tissues_):
+                    X[:, col + i] = (t == name)
+                col += len(self.tissues_)
+            samples = None
+            if sp["metadata"]["position"] or sp["neighbourhood"]:
+                samples = read_strings(f["cells/sample"])
+                xs, ys = f["cells/x"][()].astype(np.float64), f["cells/y"][()].astype(np.float64)
+            if sp["metadata"]["position"]:
+                X[:, col:col + 2] = _minmax_within(samples, np.column_stack([xs, ys]), rows)
+                col += 2
+            for ef in self.extra_features_:
+                key = f"features/{ef['name']}"
+                K = len(ef["names"])
+                pos = 0
+                for b in iter_batches(f, [key], self.batch_size, rows=rows):
+                    v = np.asarray(b[key], dtype=np.float32).reshape(len(b["rows"]), K)
+                    X[pos:pos + len(v), col:col + K] = v
+                    pos += len(v)
+                col += K
+            if sp["neighbourhood"]:
+                c = min(sp["neighbourhood"]["components"], self.pca_components_.shape[0])
+                X[:, col:col + c] = self._neighbourhood(f, rows, samples, xs, ys, c)
+                col += c
+        assert col == F
+        return X
+
+    def fit_transform(self, store, rows) -> np.ndarray:
+        return self.fit(store, rows).transform(store, rows)
+
+    def _project(self, E, width):
+        return ((np.asarray(E, dtype=np.float64) - self.pca_mean_)
+                @ self.pca_components_[:width].T).astype(np.float32)
+
+    def _neighbourhood(self, f, rows, samples, xs, ys, c):
+        from scipy.spatial import cKDTree
+
+        k = self.spec["neighbourhood"]["k"]
+        key = f"embeddings/{self.embedding_name_}"
+        out = np.full((len(rows), c), np.nan, dtype=np.float32)
+        row_samples = samples[rows]
+        for s in np.unique(row_samples):
+            cells = np.flatnonzero(samples == s)  # every cell of the sample (sorted)
+            if len(cells) < 2:
+                continue
+            pcs = np.empty((len(cells), c))
+            pos = 0
+            for b in iter_batches(f, [key], self.batch_size, rows=cells):
+                m = len(b["rows"])
+                pcs[pos:pos + m] = self._project(b[key], c)
+                pos += m
+            pts = np.column_stack([xs[cells], ys[cells]])
+            kk = min(k, len(cells) - 1)
+            want = np.flatnonzero(row_samples == s)
+            local = np.searchsorted(cells, rows[want])
+            _, nn = cKDTree(pts).query(pts[local], k=kk + 1)
+            nn = nn.reshape(len(local), kk + 1)
+            # drop the cell itself (it may not come first when points coincide)
+            is_self = nn == local[:, None]
+            has_self = is_self.any(axis=1)
+            keep = ~is_self
+            keep[~has_self, -1] = False
+            nbrs = nn[keep].reshape(len(local), kk)
+            out[want] = pcs[nbrs].mean(axis=1)
+        return out
+
+    def _check_fitted(self):
+        if not hasattr(self, "feature_names_"):
+            raise TabstError("feature builder is not fitted: call fit(store, train_rows) first.")
+
+    # --- persistence -------------------------------------------------------------------------
+    def save(self, path) -> Path:
+        """Write ``features.json`` + ``features.npz`` into directory ``path``."""
+        self._check_fitted()
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        meta = {"spec": self.spec, "batch_size": self.batch_size,
+                "embedding_name": self.embedding_name_,
+                "embedding_dim": getattr(self, "embedding_dim_", None),
+                "tissues": self.tissues_, "extra_features": self.extra_features_,
+                "n_train_rows": self.n_train_rows_,
+                "feature_names": self.feature_names_, "feature_groups": self.feature_groups_}
+        arrays = {}
+        if hasattr(self, "pca_mean_"):
+            arrays = {"pca_mean": self.pca_mean_, "pca_components": self.pca_components_,
+                      "pca_evr": self.pca_explained_variance_ratio_}
+        np.savez(path / "features.npz", **arrays)
+        (path / "features.json").write_text(json.dumps(meta, indent=1))
+        return path
+
+    @classmethod
+    def load(cls, path) -> "FeatureBuilder":
+        path = Path(path)
+        if not (path / "features.json").exists():
+            raise TabstError(f"{path}: no features.json (not a saved feature builder).")
+        meta = json.loads((path / "features.json").read_text())
+        fb = cls(meta["spec"], batch_size=meta["batch_size"])
+        fb.embedding_name_ = meta["embedding_name"]
+        if meta["embedding_dim"] is not None:
+            fb.embedding_dim_ = int(meta["embedding_dim"])
+        fb.tissues_ = meta["tissues"]
+        fb.extra_features_ = meta["extra_features"]
+        fb.n_train_rows_ = meta["n_train_rows"]
+        with np.load(path / "features.npz") as z:
+            if "pca_mean" in z.files:
+                fb.pca_mean_ = z["pca_mean"]
+                fb.pca_components_ = z["pca_components"]
+                fb.pca_explained_variance_ratio_ = z["pca_evr"]
+        fb.feature_names_ = meta["feature_names"]
+        fb.feature_groups_ = meta["feature_groups"]
+        return fb
+
+
+def _minmax_within(samples: np.ndarray, xy: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Min–max normalise x, y within each sample (over all its cells); returns [len(rows), 2]."""
+    out = np.empty((len(rows), 2), dtype=np.float32)
+    rs = samples[rows]
+    for s in np.unique(rs):
+        allv = xy[samples == s]
+        lo, hi = np.nanmin(allv, axis=0), np.nanmax(allv, axis=0)
+        span = hi - lo
+        want = rs == s
+        v = (xy[rows[want]] - lo) / np.where(span > 0, span, 1.0)
+        v[:, span <= 0] = 0.5
+        out[want] = v
+    return out

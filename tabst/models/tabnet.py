@@ -1,0 +1,254 @@
+"""TabNet (pytorch-tabnet 4.1.0): optional unsupervised pretraining, then supervised training."""
+from __future__ import annotations
+
+import contextlib
+import io
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import TabstError
+from .base import TabstModel, inner_split, resolve_device
+
+
+class TabNetModel(TabstModel):
+    """TabNet regressor on the codes (default: 32 target PCs), sparsemax attention masks.
+
+    Parameters (``DEFAULTS``)
+    -------------------------
+    n_d : 16.  n_a : 16.  n_steps : 3.  gamma : 1.3.  n_independent : 2.  n_shared : 2.
+    lambda_sparse : 1e-3.  mask_type : "sparsemax".  learning_rate : 0.02 (Adam).
+    max_epochs : 50.  patience : 10 (early stopping on the inner validation MSE; the best
+    epoch's weights are kept).  batch_size : 1024.  virtual_batch_size : 128.
+    pretrain : True (``TabNetPretrainer`` masked-feature reconstruction first, its encoder then
+    initialises the regressor via ``from_unsupervised``).  pretraining_ratio : 0.5.
+    pretrain_epochs : 20.  pretrain_patience : 5.
+    grouped_features : None or a list of feature-group names (e.g. ``["embedding"]``): all
+    features of each named group form one TabNet attention group (they share one mask entry).
+    val_fraction : 0.2 (fraction of training samples held out for early stopping).
+    device : "auto" ("cuda" when available).  num_workers : 0.
+    explain_steps : 32 (integration steps of the attributions, see below).
+    codec : "pca" (default) | "identity";  codec_k : 32;  seed : 0.
+
+    Batch sizes are clamped to the data: pytorch-tabnet 4.1.0 uses ``drop_last=True`` for the
+    training loader *and* the pretrainer's validation loader, so ``batch_size`` is cut to the
+    inner training rows (and, for pretraining, to the validation rows), rounded down to a
+    multiple of ``virtual_batch_size`` (a ghost batch of one row breaks BatchNorm). The codes are
+    standardised (per-code mean / std of the training rows) for training and mapped back.
+
+    NaN features are imputed with training medians (base class).
+
+    Attributes
+    ----------
+    net_ : ``TabNetRegressor``.  inner_split_ : str.  batch_size_, virtual_batch_size_ : used.
+    history_ : validation MSE per epoch; pretrain_history_ : pretraining loss per epoch.
+    background_ : [F] training mean of X (the attribution baseline).  ig_max_residual_ : float.
+
+    ``explain``: integrated gradients from the baseline ``background_`` to each row
+    (midpoint rule, ``explain_steps`` steps, one backward pass per code), then a completeness
+    correction that makes the attributions additive by construction: the residual
+    ``f(x) − f(baseline) − Σ_f IG_f`` of each row and code is spread over the features in
+    proportion to ``|IG_f|``. The base value is ``f(baseline)``. The largest residual relative
+    to ``|f(x) − f(baseline)|`` before correction is stored in ``ig_max_residual_`` (small
+    values mean the correction is cosmetic). ``masks(X)`` returns TabNet's own attention masks:
+    (aggregate [n, F], per-step list of [n, F]) — shared by all outputs, one mask per row.
+    """
+
+    name = "tabnet"
+    DEFAULTS = {"n_d": 16, "n_a": 16, "n_steps": 3, "gamma": 1.3, "n_independent": 2,
+                "n_shared": 2, "lambda_sparse": 1e-3, "mask_type": "sparsemax",
+                "learning_rate": 0.02, "max_epochs": 50, "patience": 10, "batch_size": 1024,
+                "virtual_batch_size": 128, "pretrain": True, "pretraining_ratio": 0.5,
+                "pretrain_epochs": 20, "pretrain_patience": 5, "grouped_features": None,
+                "val_fraction": 0.2, "device": "auto", "num_workers": 0, "explain_steps": 32,
+                "codec": "pca"}
+
+    # --- helpers -------------------------------------------------------------------------------
+    def _arch(self) -> dict:
+        p = self.params
+        return dict(n_d=p["n_d"], n_a=p["n_a"], n_steps=p["n_steps"], gamma=p["gamma"],
+                    n_independent=p["n_independent"], n_shared=p["n_shared"],
+                    mask_type=p["mask_type"], seed=p["seed"], verbose=0,
+                    optimizer_params={"lr": p["learning_rate"]}, device_name=self.device_,
+                    grouped_features=self._groups_to_indices())
+
+    def _groups_to_indices(self):
+        names = self.params["grouped_features"]
+        if not names:
+            return []
+        if isinstance(names, str):
+            names = [names]
+        out = []
+        for g in names:
+            idx = [i for i, fg in enumerate(self.feature_groups_) if fg == g]
+            if not idx:
+                raise TabstError(f"tabnet: grouped_features names group {g!r}, but no feature has "
+                                 f"it (groups: {', '.join(sorted(set(self.feature_groups_)))}).")
+            out.append(idx)
+        return out
+
+    @staticmethod
+    def _clamp(bs: int, vbs: int, n: int):
+        bs = int(min(bs, n))
+        vbs = int(min(vbs, bs))
+        bs = max(vbs, (bs // vbs) * vbs)
+        return bs, vbs
+
+    # --- fit -----------------------------------------------------------------------------------
+    def _fit(self, X, Z, groups):
+        import torch
+        from pytorch_tabnet.callbacks import Callback
+        from pytorch_tabnet.pretraining import TabNetPretrainer
+        from pytorch_tabnet.tab_model import TabNetRegressor
+
+        from ..util import progress
+
+        p = self.params
+        self.device_ = resolve_device(p["device"])
+        torch.manual_seed(p["seed"])
+        np.random.seed(p["seed"])
+        tr, va, self.inner_split_ = inner_split(X.shape[0], groups, seed=p["seed"],
+                                                frac_groups=p["val_fraction"])
+        if len(tr) < 2 or len(va) < 1:
+            raise TabstError(f"tabnet: too few rows to train ({X.shape[0]}).")
+        self.z_mean_ = Z[tr].astype(np.float64).mean(axis=0)
+        sd = Z[tr].astype(np.float64).std(axis=0)
+        self.z_scale_ = np.where(sd > 1e-12, sd, 1.0)
+        Zs = ((Z - self.z_mean_) / self.z_scale_).astype(np.float32)
+        self.background_ = X[tr].astype(np.float64).mean(axis=0).astype(np.float32)
+        self.batch_size_, self.virtual_batch_size_ = self._clamp(
+            p["batch_size"], p["virtual_batch_size"], len(tr))
+
+        class _Bar(Callback):
+            def __init__(self, bar, task):
+                super().__init__()
+                self.bar, self.task = bar, task
+
+            def on_epoch_end(self, epoch, logs=None):
+                self.bar.advance(self.task)
+
+        pretrainer = None
+        self.pretrain_history_ = []
+        # pytorch-tabnet prints to stdout (epoch summaries); keep stdout clean for --json output
+        with warnings.catch_warnings(), progress(transient=True, unit="epochs") as bar, \
+                contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            if p["pretrain"]:
+                pbs, pvbs = self._clamp(p["batch_size"], p["virtual_batch_size"],
+                                        min(len(tr), len(va)))
+                pretrainer = TabNetPretrainer(**self._arch())
+                task = bar.add_task("tabnet pretraining", total=int(p["pretrain_epochs"]))
+                pretrainer.fit(X[tr], eval_set=[X[va]], pretraining_ratio=p["pretraining_ratio"],
+                               max_epochs=int(p["pretrain_epochs"]),
+                               patience=int(p["pretrain_patience"]), batch_size=pbs,
+                               virtual_batch_size=pvbs, num_workers=p["num_workers"],
+                               drop_last=True, callbacks=[_Bar(bar, task)])
+                hist = pretrainer.history.history
+                self.pretrain_history_ = [float(v) for v in hist.get("val_0_unsup_loss_numpy", [])]
+            self.net_ = TabNetRegressor(lambda_sparse=p["lambda_sparse"], **self._arch())
+            task = bar.add_task(f"tabnet ({Z.shape[1]} outputs)", total=int(p["max_epochs"]))
+            self.net_.fit(X[tr], Zs[tr], eval_set=[(X[va], Zs[va])], eval_name=["val"],
+                          eval_metric=["mse"], max_epochs=int(p["max_epochs"]),
+                          patience=int(p["patience"]), batch_size=self.batch_size_,
+                          virtual_batch_size=self.virtual_batch_size_,
+                          num_workers=p["num_workers"], drop_last=True,
+                          from_unsupervised=pretrainer, compute_importance=False,
+                          callbacks=[_Bar(bar, task)])
+        self.history_ = [float(v) for v in self.net_.history.history.get("val_mse", [])]
+        self.ig_max_residual_ = float("nan")
+        if self.device_ == "cuda":
+            self.peak_gpu_mem_mb_ = torch.cuda.max_memory_allocated() / 2 ** 20
+
+    # --- predict / explain ----------------------------------------------------------------------
+    def _forward(self, X):
+        import torch
+
+        net = self.net_.network
+        net.eval()
+        out = []
+        with torch.no_grad():
+            for s in range(0, X.shape[0], 4096):
+                xb = torch.as_tensor(X[s:s + 4096], dtype=torch.float32, device=self.net_.device)
+                out.append(net(xb)[0].double().cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0, len(self.z_mean_)))
+
+    def _predict(self, X):
+        return self.z_mean_ + self._forward(X) * self.z_scale_
+
+    def _explain(self, X):
+        import torch
+
+        net = self.net_.network
+        net.eval()
+        dev = self.net_.device
+        steps = max(1, int(self.params["explain_steps"]))
+        t = torch.as_tensor((np.arange(steps) + 0.5) / steps, dtype=torch.float32, device=dev)
+        b = torch.as_tensor(self.background_, dtype=torch.float32, device=dev)
+        f_base = self._forward(self.background_[None, :])[0]          # [k] standardised codes
+        f_x = self._forward(X)                                          # [n, k]
+        n, F = X.shape
+        k = f_base.shape[0]
+        ig = np.zeros((n, F, k))
+        chunk = max(1, 8192 // steps)
+        for s in range(0, n, chunk):
+            x = torch.as_tensor(X[s:s + chunk], dtype=torch.float32, device=dev)
+            c = x.shape[0]
+            path = (b[None, None, :] + t[None, :, None] * (x - b)[:, None, :]).reshape(c * steps, F)
+            path.requires_grad_(True)
+            out = net(path)[0]                                          # [c·steps, k]
+            for j in range(k):
+                (g,) = torch.autograd.grad(out[:, j].sum(), path, retain_graph=j < k - 1)
+                gm = g.reshape(c, steps, F).mean(dim=1)
+                ig[s:s + c, :, j] = ((x - b) * gm).double().cpu().numpy()
+        target = f_x - f_base[None, :]                                  # [n, k]
+        resid = target - ig.sum(axis=1)
+        scale = np.maximum(np.abs(target), 1e-6 * max(1.0, float(np.abs(target).max(initial=0))))
+        self.ig_max_residual_ = float(np.max(np.abs(resid) / scale, initial=0.0))
+        w = np.abs(ig)
+        wsum = w.sum(axis=1, keepdims=True)
+        w = np.where(wsum > 0, w / np.where(wsum > 0, wsum, 1.0), 1.0 / F)
+        ig += w * resid[:, None, :]
+        values = ig * self.z_scale_[None, None, :]
+        base = self.z_mean_ + f_base * self.z_scale_
+        return values, base, (f"integrated gradients ({steps} steps, baseline = training mean) "
+                              "+ completeness correction")
+
+    def masks(self, X):
+        """TabNet attention masks: (aggregate importance [n, F], [mask of step i, [n, F]])."""
+        X = self._prepare(X)
+        agg, per_step = self.net_.explain(X)
+        return np.asarray(agg), [np.asarray(per_step[i]) for i in sorted(per_step)]
+
+    # --- persistence ---------------------------------------------------------------------------
+    def _state(self):
+        return {"z_mean": self.z_mean_, "z_scale": self.z_scale_, "background": self.background_}
+
+    def _meta(self):
+        return {"inner_split": self.inner_split_, "batch_size": self.batch_size_,
+                "virtual_batch_size": self.virtual_batch_size_, "history": self.history_,
+                "pretrain_history": self.pretrain_history_}
+
+    def _set_state(self, arrays, meta):
+        self.z_mean_, self.z_scale_ = arrays["z_mean"], arrays["z_scale"]
+        self.background_ = arrays["background"]
+        self.inner_split_ = meta["inner_split"]
+        self.batch_size_ = meta["batch_size"]
+        self.virtual_batch_size_ = meta["virtual_batch_size"]
+        self.history_ = meta["history"]
+        self.pretrain_history_ = meta["pretrain_history"]
+        self.ig_max_residual_ = float("nan")
+        self.device_ = resolve_device(self.params["device"])
+
+    def _save_files(self, path: Path):
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            self.net_.save_model(str(path / "tabnet"))
+
+    def _load_files(self, path: Path):
+        from pytorch_tabnet.tab_model import TabNetRegressor
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            self.net_ = TabNetRegressor(device_name=self.device_)
+            self.net_.load_model(str(path / "tabnet.zip"))

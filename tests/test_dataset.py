@@ -1,0 +1,167 @@
+"""Feature builder, targets and the target codec."""
+from __future__ import annotations
+
+import h5py
+import numpy as np
+import pytest
+from conftest import write_tiny_store
+
+from tabst.codec import IdentityCodec, PCACodec, make_codec
+from tabst.dataset import FeatureBuilder, load_targets, rows_with_expression, validate_spec
+from tabst.errors import StoreError, TabstError
+from tabst.store import read_strings
+
+SPEC = {"embedding": {"name": "auto", "pca": 5}, "metadata": {"tissue": True, "position": True},
+        "features": ["morphology"], "neighbourhood": {"k": 4, "components": 3}}
+
+
+def _samples(path):
+    with h5py.File(path, "r") as f:
+        return read_strings(f["cells/sample"])
+
+
+def test_names_groups_and_shapes(tiny_store):
+    rows = rows_with_expression(tiny_store)
+    fb = FeatureBuilder(SPEC).fit(tiny_store, rows)
+    X = fb.transform(tiny_store, rows)
+    assert X.shape == (180, 5 + 2 + 2 + 3 + 3) and X.dtype == np.float32
+    assert fb.feature_names_[:5] == [f"emb_pc{i}" for i in range(1, 6)]
+    assert fb.feature_names_[5:9] == ["tissue=tissueA", "tissue=tissueB", "x_norm", "y_norm"]
+    assert fb.feature_names_[9:12] == ["nucleus_area", "hematoxylin_mean", "eosin_std"]
+    assert fb.feature_groups_ == (["embedding"] * 5 + ["tissue"] * 2 + ["position"] * 2
+                                  + ["morphology", "stain", "stain"] + ["neighbourhood"] * 3)
+    samples = _samples(tiny_store)
+    for s in np.unique(samples):  # min-max within each sample
+        xs = X[samples == s, 7]
+        assert xs.min() == pytest.approx(0.0) and xs.max() == pytest.approx(1.0)
+    # tissue one-hot
+    with h5py.File(tiny_store, "r") as f:
+        tissue = read_strings(f["cells/tissue"])
+    np.testing.assert_array_equal(X[:, 5], (tissue == "tissueA").astype(np.float32))
+    # PCA projection equals an independent sklearn PCA of the training rows
+    from sklearn.decomposition import PCA
+
+    with h5py.File(tiny_store, "r") as f:
+        E = f["embeddings/test"][()]
+    ref = PCA(5).fit(E).transform(E)
+    np.testing.assert_allclose(np.abs(X[:, :5]), np.abs(ref), rtol=1e-4, atol=1e-4)
+    # raw embedding when pca is null
+    fb2 = FeatureBuilder({"embedding": {"pca": None}, "metadata": {"tissue": False,
+                          "position": False}, "features": []}).fit(tiny_store, rows)
+    np.testing.assert_array_equal(fb2.transform(tiny_store, rows[:7]), E[:7])
+    assert fb2.feature_names_[0] == "emb_0"
+
+
+def test_pca_fitted_on_training_rows_only(tmp_path):
+    """Altering the test sample's embedding must not change the transform of training rows."""
+    a = write_tiny_store(tmp_path / "a.h5")
+    b = write_tiny_store(tmp_path / "b.h5")
+    samples = _samples(a)
+    test = samples == "S2"
+    with h5py.File(b, "r+") as f:
+        E = f["embeddings/test"]
+        e = E[()]
+        e[test] = 50.0 + 10 * e[test] ** 2
+        E[...] = e
+        m = f["features/morphology"]
+        v = m[()]
+        v[test] = -v[test]
+        m[...] = v
+    train_rows = np.flatnonzero(~test)
+    Xa = FeatureBuilder(SPEC).fit(a, train_rows).transform(a, train_rows)
+    Xb = FeatureBuilder(SPEC).fit(b, train_rows).transform(b, train_rows)
+    np.testing.assert_array_equal(Xa, Xb)
+    # ... while fitting on all rows (leaky) would change them
+    Xc = FeatureBuilder(SPEC).fit(b, np.arange(len(samples))).transform(b, train_rows)
+    assert not np.allclose(Xa[:, :5], Xc[:, :5])
+
+
+def test_neighbourhood_hand_example(tmp_path):
+    """5 cells on a line in one sample, 1-d embedding: neighbour means are checkable by hand."""
+    from tabst.store import build_provenance, create_store, put
+
+    p = tmp_path / "line.h5"
+    xs = np.array([0.0, 1.0, 3.0, 7.0, 12.0, 0.0])
+    emb = np.array([[1.0, 0], [2, 0], [4, 0], [8, 0], [16, 0], [100, 0]], dtype=np.float32)
+    with create_store(p, provenance=build_provenance([], command=["t"])) as f:
+        c = f.create_group("cells")
+        put(c, "cell_id", np.array([f"c{i}" for i in range(6)], dtype=object), description="id")
+        put(c, "sample", np.array(["A"] * 5 + ["B"], dtype=object), description="s")
+        put(c, "tissue", np.array(["t"] * 6, dtype=object), description="t")
+        put(c, "x", xs, description="x")
+        put(c, "y", np.zeros(6), description="y")
+        g = f.create_group("embeddings")
+        put(g, "e", emb, description="e", complete=True)
+    spec = {"embedding": {"name": "e", "pca": 1}, "metadata": {"tissue": False, "position": False},
+            "features": [], "neighbourhood": {"k": 2, "components": 1}}
+    fb = FeatureBuilder(spec).fit(p, np.arange(5))
+    X = fb.transform(p, np.arange(6))
+    pc = X[:, 0]
+    # nearest two OTHER cells of the same sample (cell 5 is in sample B, x=0, must be ignored)
+    expected_nbrs = [[1, 2], [0, 2], [1, 0], [2, 4], [3, 2]]
+    for i, nb in enumerate(expected_nbrs):
+        assert X[i, 1] == pytest.approx(pc[nb].mean(), abs=1e-5)
+    assert np.isnan(X[5, 1])  # a sample with a single cell has no neighbours
+    assert fb.feature_names_ == ["emb_pc1", "nbr_pc1"]
+    assert fb.feature_groups_ == ["embedding", "neighbourhood"]
+
+
+def test_targets_and_rows(tiny_store):
+    rows = rows_with_expression(tiny_store)
+    assert len(rows) == 180
+    Y, genes = load_targets(tiny_store, rows[[5, 2, 9]])
+    with h5py.File(tiny_store, "r") as f:
+        np.testing.assert_array_equal(Y, f["expression/X"][()][[5, 2, 9]])
+    assert genes[:2] == ["GENE0", "GENE1"] and Y.dtype == np.float32
+    with h5py.File(tiny_store, "r+") as f:
+        X = f["expression/X"]
+        v = X[()]
+        v[3] = np.nan
+        X[...] = v
+        f["cells"].create_dataset("has_expression", data=np.arange(180) != 3)
+    assert 3 not in rows_with_expression(tiny_store)
+    with pytest.raises(StoreError, match="row 4"):
+        load_targets(tiny_store, [1, 3])
+
+
+def test_spec_errors_and_save_load(tiny_store, tmp_path):
+    with pytest.raises(TabstError, match="unknown key"):
+        validate_spec({"embeddings": {}})
+    with pytest.raises(StoreError, match="no embedding 'nope'"):
+        FeatureBuilder({"embedding": {"name": "nope"}}).fit(tiny_store, np.arange(50))
+    with pytest.raises(StoreError, match="/features/stain"):
+        FeatureBuilder({"features": ["stain"]}).fit(tiny_store, np.arange(50))
+    fb = FeatureBuilder(SPEC).fit(tiny_store, np.arange(120))
+    fb.save(tmp_path / "fb")
+    fb2 = FeatureBuilder.load(tmp_path / "fb")
+    np.testing.assert_array_equal(fb.transform(tiny_store, np.arange(180)),
+                                  fb2.transform(tiny_store, np.arange(180)))
+    assert fb2.feature_groups_ == fb.feature_groups_
+
+
+# --- target codec ---------------------------------------------------------------------------------
+def test_pca_codec_round_trip_and_attributions():
+    rng = np.random.default_rng(1)
+    n, G, k = 300, 20, 4
+    Y = (rng.normal(size=(n, k)) @ rng.normal(size=(k, G)) + 3.0).astype(np.float32)
+    c = PCACodec(k).fit(Y)
+    assert c.k_ == k and c.label == "pca4"
+    np.testing.assert_allclose(c.components_ @ c.components_.T, np.eye(k), atol=1e-10)
+    Z = c.encode(Y)
+    np.testing.assert_allclose(c.decode(Z), Y, atol=1e-4)  # rank-k data → exact round trip
+    np.testing.assert_allclose(Z.mean(0), 0, atol=1e-4)
+    # attributions: base_k + Σ v_k = z  ⇒  decode_base + Σ decode_attributions = decode(z)
+    v = rng.normal(size=(5, 7, k))
+    base = rng.normal(size=k)
+    z = base + v.sum(1)
+    np.testing.assert_allclose(c.decode_base(base) + c.decode_attributions(v).sum(1),
+                               c.decode(z), rtol=1e-5, atol=1e-5)
+    assert c.decode_attributions(v).shape == (5, 7, G)
+    # a truncated codec loses variance; identity is exact
+    Y2 = rng.normal(size=(100, 6)).astype(np.float32)
+    assert np.abs(PCACodec(2).fit(Y2).decode(PCACodec(2).fit(Y2).encode(Y2)) - Y2).max() > 0.1
+    ident = IdentityCodec().fit(Y2)
+    np.testing.assert_array_equal(ident.decode(ident.encode(Y2)), Y2)
+    assert isinstance(make_codec("pca", 8), PCACodec) and make_codec("pca16").k == 16
+    with pytest.raises(TabstError):
+        make_codec("svd")

@@ -1,0 +1,234 @@
+"""One contract test over the model registry, plus model-specific checks."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import write_tiny_store
+
+from tabst.dataset import FeatureBuilder, load_targets, rows_with_expression
+from tabst.errors import TabstError
+from tabst.models import REGISTRY, RidgeModel, TabstModel, make_model, model_defaults
+
+try:
+    import torch
+
+    torch.set_num_threads(1)
+except Exception:  # pragma: no cover
+    pass
+
+# small, fast settings for every model (the contract must hold for any parameters)
+FAST = {
+    "mean": {},
+    "ridge": {"alphas": list(np.logspace(-2, 4, 13))},
+    "tree": {"max_depth": 4, "min_samples_leaf": 5},
+    "xgboost": {"n_estimators": 40, "max_depth": 3, "learning_rate": 0.2, "n_jobs": 1,
+                "early_stopping_rounds": 10, "device": "cpu"},
+    "tabnet": {"n_d": 8, "n_a": 8, "n_steps": 2, "max_epochs": 3, "pretrain_epochs": 2,
+               "batch_size": 64, "virtual_batch_size": 32, "explain_steps": 8, "device": "cpu"},
+}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """Features from the real builder on a tiny store: samples S0, S1 train, S2 test."""
+    path = write_tiny_store(tmp_path_factory.mktemp("m") / "tiny.h5", n_samples=4,
+                            cells_per_sample=50, n_genes=10, emb_dim=12)
+    rows = rows_with_expression(path)
+    from tabst.store import cells_frame
+
+    samples = cells_frame(path, ["sample"])["sample"].to_numpy()
+    train, test = rows[samples[rows] != "S3"], rows[samples[rows] == "S3"]
+    fb = FeatureBuilder({"embedding": {"pca": 6}, "neighbourhood": {"k": 3, "components": 2}})
+    fb.fit(path, train)
+    Xtr, Xte = fb.transform(path, train), fb.transform(path, test)
+    Xtr[::17, 9] = np.nan  # some missing morphology values
+    Xte[::7, 9] = np.nan
+    Ytr, genes = load_targets(path, train)
+    Yte, _ = load_targets(path, test)
+    return dict(Xtr=Xtr, Ytr=Ytr, gtr=samples[train], Xte=Xte, Yte=Yte, genes=genes,
+                names=fb.feature_names_, groups=fb.feature_groups_)
+
+
+CASES = [(name, codec) for name in REGISTRY for codec in ("identity", "pca")]
+
+
+@pytest.mark.parametrize("name,codec", CASES, ids=[f"{n}-{c}" for n, c in CASES])
+def test_contract(name, codec, data, tmp_path):
+    params = dict(FAST[name], codec=codec, codec_k=3)
+    m = make_model(name, params)
+    assert isinstance(m, TabstModel) and m.name == name
+    assert m.display_name == (f"{name}+pca3" if codec == "pca" else name)
+    assert not [a for a in vars(m) if a.endswith("_")], "learned attributes before fit"
+    with pytest.raises(TabstError, match="not fitted"):
+        m.predict(data["Xte"])
+
+    out = m.fit(data["Xtr"], data["Ytr"], data["gtr"], feature_names=data["names"],
+                feature_groups=data["groups"], target_names=data["genes"])
+    assert out is m
+    assert m.fit_seconds_ > 0 and np.isfinite(m.peak_mem_mb_)
+    n, F, G = data["Xte"].shape[0], data["Xte"].shape[1], data["Ytr"].shape[1]
+    pred = m.predict(data["Xte"])
+    assert pred.shape == (n, G) and pred.dtype == np.float32 and np.isfinite(pred).all()
+
+    # additivity: base + Σ_F values = prediction
+    e = m.explain(data["Xte"])
+    assert e.values.shape == (n, F, G) and e.base.shape == (G,)
+    assert e.feature_names == data["names"] and e.feature_groups == data["groups"]
+    assert e.output_names == data["genes"] and e.method
+    tol = 1e-4 * (1 + np.abs(pred))
+    assert np.all(np.abs(e.prediction - pred) <= tol), np.abs(e.prediction - pred).max()
+    groups, gv = e.by_group()
+    np.testing.assert_allclose(gv.sum(1), e.values.sum(1), rtol=1e-4, atol=1e-4)
+    assert "embedding" in groups
+
+    # save / load round trip (through the registry-dispatching base loader)
+    m.save(tmp_path / "model")
+    m2 = TabstModel.load(tmp_path / "model")
+    assert type(m2) is type(m) and m2.display_name == m.display_name
+    np.testing.assert_allclose(m2.predict(data["Xte"]), pred, rtol=1e-6, atol=1e-6)
+    assert m2.feature_names_ == data["names"]
+    if name != "mean":  # a constant model explains nothing; others attribute something
+        assert np.abs(e.values).sum() > 0
+
+
+@pytest.mark.parametrize("name", ["ridge", "tree", "xgboost"])
+def test_models_learn(name, data):
+    """Held-out MSE beats the mean-profile baseline on data with real signal."""
+    def mse(model):
+        model.fit(data["Xtr"], data["Ytr"], data["gtr"])
+        return float(((model.predict(data["Xte"]) - data["Yte"]) ** 2).mean())
+
+    assert mse(make_model(name, FAST[name])) < mse(make_model("mean"))
+
+
+def test_params_and_defaults():
+    assert set(REGISTRY) == {"mean", "ridge", "tree", "xgboost", "tabnet"}
+    with pytest.raises(TabstError, match="unknown parameter"):
+        make_model("ridge", {"alpha": 1.0})
+    with pytest.raises(TabstError, match="unknown model"):
+        make_model("svm")
+    assert model_defaults("xgboost")["codec"] == "pca"
+    assert model_defaults("tabnet")["codec"] == "pca" and model_defaults("tree")["codec"] == "pca"
+    assert model_defaults("ridge")["codec"] == "identity"
+    assert model_defaults("mean")["codec"] == "identity"
+    assert make_model("xgboost").display_name == "xgboost+pca32"
+
+
+# --- ridge -------------------------------------------------------------------------------------
+def _brute_force(X, Y, groups, fold_groups, alphas):
+    from sklearn.linear_model import Ridge
+    from sklearn.preprocessing import StandardScaler
+
+    X = X.astype(np.float64)
+    Y = Y.astype(np.float64)
+    out = np.zeros((len(fold_groups), len(alphas), Y.shape[1]))
+    for f, gs in enumerate(fold_groups):
+        te = np.isin(groups, gs)
+        sc = StandardScaler().fit(X[~te])
+        for i, a in enumerate(alphas):
+            r = Ridge(alpha=a).fit(sc.transform(X[~te]), Y[~te])
+            out[f, i] = ((r.predict(sc.transform(X[te])) - Y[te]) ** 2).mean(axis=0)
+    return out
+
+
+def test_ridge_matches_brute_force():
+    rng = np.random.default_rng(3)
+    n, F, G = 240, 9, 6
+    X = (rng.normal(size=(n, F)) * rng.uniform(0.5, 20, F) + rng.uniform(-50, 50, F))
+    X = X.astype(np.float32)
+    groups = np.repeat(["a", "b", "c", "d", "e"], [60, 40, 50, 40, 50])
+    X[groups == "a", 2] = 7.0  # constant inside one sample
+    W = rng.normal(size=(F, G)) * np.array([0.0, 0.01, 0.1, 1, 3, 0.5])  # genes need different α
+    Y = (X @ (W / X.std(0)[:, None]) + rng.normal(size=(n, G)) * rng.uniform(0.3, 3, G))
+    Y = Y.astype(np.float32)
+    alphas = np.logspace(-3, 5, 13)
+    m = RidgeModel(alphas=list(alphas)).fit(X, Y, groups)
+    assert m.cv_kind_ == "grouped" and len(m.cv_fold_groups_) == 5
+    ref = _brute_force(X, Y, groups, m.cv_fold_groups_, alphas)
+    np.testing.assert_allclose(m.cv_fold_mse_, ref, rtol=1e-6)
+    counts = np.array([np.isin(groups, gs).sum() for gs in m.cv_fold_groups_])
+    pooled = (ref * counts[:, None, None]).sum(0) / counts.sum()
+    np.testing.assert_allclose(m.cv_mse_, pooled, rtol=1e-6)
+    np.testing.assert_array_equal(m.alpha_, alphas[pooled.argmin(0)])
+    assert len(np.unique(m.alpha_)) > 1, "test data should need different α per gene"
+
+    # final refit = sklearn refit on all rows with each gene's α
+    from sklearn.linear_model import Ridge
+    from sklearn.preprocessing import StandardScaler
+
+    sc = StandardScaler().fit(X.astype(np.float64))
+    for j in range(G):
+        r = Ridge(alpha=m.alpha_[j]).fit(sc.transform(X.astype(np.float64)), Y[:, j])
+        np.testing.assert_allclose(m.predict(X[:20])[:, j], r.predict(sc.transform(X[:20])),
+                                   rtol=1e-5, atol=1e-4)
+
+    # more samples than cv folds → balanced grouped folds, still exact
+    m8 = RidgeModel(alphas=list(alphas), cv=3).fit(X, Y, groups)
+    assert len(m8.cv_fold_groups_) == 3
+    np.testing.assert_allclose(m8.cv_fold_mse_,
+                               _brute_force(X, Y, groups, m8.cv_fold_groups_, alphas), rtol=1e-6)
+
+    # streaming from batches gives the same answer as the in-memory fit
+    def batches():
+        for s in range(0, n, 37):
+            yield X[s:s + 37], Y[s:s + 37], groups[s:s + 37]
+
+    ms = RidgeModel(alphas=list(alphas)).fit_batches(batches())
+    np.testing.assert_allclose(ms.cv_fold_mse_, m.cv_fold_mse_, rtol=1e-9)
+    np.testing.assert_allclose(ms.predict(X), m.predict(X), rtol=1e-6, atol=1e-6)
+
+
+def test_ridge_single_group_falls_back_to_row_folds():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(80, 4)).astype(np.float32)
+    Y = (X @ rng.normal(size=(4, 2))).astype(np.float32)
+    m = RidgeModel(cv=4).fit(X, Y, groups=np.zeros(80))
+    assert m.cv_kind_ == "rows" and m.cv_fold_mse_.shape[0] == 4
+    assert len(m.alphas_) >= 13 and m.alpha_.shape == (2,)
+
+
+# --- tree ---------------------------------------------------------------------------------
+def test_tree_rules_text(data):
+    m = make_model("tree", {"max_depth": 3, "min_samples_leaf": 5, "codec_k": 3})
+    m.fit(data["Xtr"], data["Ytr"], data["gtr"], feature_names=data["names"],
+          target_names=data["genes"])
+    txt = m.rules_text("GENE2")
+    assert "GENE2" in txt and "value:" in txt
+    assert any(nm in txt for nm in data["names"])
+    # the one-gene tree reproduces that gene's decoded prediction exactly
+    one = m.single_output_tree("GENE2")
+    Xi = m._impute(data["Xte"])
+    np.testing.assert_allclose(one.predict(Xi), m.predict(data["Xte"])[:, 2], rtol=1e-5, atol=1e-5)
+    comp = m.single_output_tree(0, component=True)
+    np.testing.assert_allclose(comp.predict(Xi), m.tree_model_.predict(Xi)[:, 0], rtol=1e-6)
+    assert "component 1" in m.rules_text(1, component=True)
+
+
+# --- xgboost -----------------------------------------------------------------------------------
+def test_xgboost_inner_split(data):
+    m = make_model("xgboost", FAST["xgboost"]).fit(data["Xtr"], data["Ytr"], data["gtr"])
+    assert m.inner_split_.startswith("by sample")
+    assert m.best_iteration_ < FAST["xgboost"]["n_estimators"]
+    m1 = make_model("xgboost", FAST["xgboost"]).fit(data["Xtr"], data["Ytr"])
+    assert m1.inner_split_.startswith("random 10%")
+
+
+# --- tabnet -------------------------------------------------------------------------------
+def test_tabnet_masks_groups_and_clamping(data):
+    p = dict(FAST["tabnet"], batch_size=1024, virtual_batch_size=256, pretrain=True,
+             grouped_features=["embedding"])
+    m = make_model("tabnet", p).fit(data["Xtr"][:90], data["Ytr"][:90], data["gtr"][:90],
+                                    feature_names=data["names"], feature_groups=data["groups"])
+    # batch sizes clamped to the inner training rows (drop_last=True would otherwise train nothing)
+    assert m.batch_size_ <= 90 and m.batch_size_ % m.virtual_batch_size_ == 0
+    assert len(m.history_) >= 1 and len(m.pretrain_history_) >= 1
+    agg, steps = m.masks(data["Xte"])
+    assert agg.shape == data["Xte"].shape and len(steps) == p["n_steps"]
+    emb = [i for i, g in enumerate(data["groups"]) if g == "embedding"]
+    # grouped features share one attention weight per row
+    for s in steps:
+        np.testing.assert_allclose(s[:, emb], np.repeat(s[:, emb[:1]], len(emb), axis=1),
+                                   rtol=1e-5, atol=1e-6)
+    with pytest.raises(TabstError, match="grouped_features"):
+        make_model("tabnet", dict(FAST["tabnet"], grouped_features=["nope"])).fit(
+            data["Xtr"], data["Ytr"], data["gtr"], feature_groups=data["groups"])
