@@ -1,0 +1,51 @@
+"""`tabst compare STORE`: leakage-free benchmark of the model zoo -> run folder + report.html."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from ._common import console, user_errors
+
+
+def register(app, ingest_app):
+    @app.command("compare")
+    @user_errors
+    def compare(
+        store: Path = typer.Argument(..., help="tabst store (.h5) with expression and embeddings"),
+        config: str = typer.Option("default", "--config", "-c",
+                                   help="preset name (default, crunch1, hest) or a YAML file"),
+        models: Optional[str] = typer.Option(None, "--models",
+                                             help="comma-separated models, e.g. ridge,tree,xgboost,"
+                                                  "tabnet (the mean baseline is always added)"),
+        features: Optional[str] = typer.Option(None, "--features",
+                                               help="embedding to use (/embeddings/NAME)"),
+        folds: Optional[str] = typer.Option(None, "--folds",
+                                            help="leave-one-sample-out | group-kfold:K"),
+        out: Optional[Path] = typer.Option(None, "--out", "-o",
+                                           help="run folder (default reports/<config>-<time>)"),
+        sets: List[str] = typer.Option([], "--set",
+                                       help="override a config key, e.g. --set ridge.alphas=[0.1,1]"
+                                            " (repeatable; values are YAML)"),
+        unsafe_random_split: bool = typer.Option(
+            False, "--unsafe-random-split",
+            help="random cell-level folds: leaks spatial neighbours, flagged red in the report"),
+        force: bool = typer.Option(False, "--force", help="replace an existing run folder"),
+    ):
+        """Fit every model per sample-wise fold, score the challenge metrics, write a run folder
+        (leaderboard.csv, per_gene.csv, predictions.h5, models/, report.html)."""
+        import sys
+
+        from tabst.compare import leaderboard_table, run_compare
+
+        run_dir = run_compare(store, config, out, overrides=sets, models=models, features=features,
+                              folds=folds, unsafe_random_split=unsafe_random_split, force=force,
+                              command=["tabst"] + sys.argv[1:])
+        console.print(leaderboard_table(run_dir))
+        report = run_dir / "report.html"
+        if report.exists():
+            console.print(f"report: {report}", highlight=False, soft_wrap=True)
+        else:
+            console.print(f"[yellow]report not rendered[/] (see {run_dir / 'logs' / 'report.log'});"
+                          f" run folder: {run_dir}", highlight=False, soft_wrap=True)

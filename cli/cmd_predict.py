@@ -1,0 +1,39 @@
+"""`tabst predict RUN --store STORE --out predictions.csv`: the Crunch 1 submission file."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ._common import console, user_errors
+
+
+def register(app, ingest_app):
+    @app.command("predict")
+    @user_errors
+    def predict(
+        run: Path = typer.Argument(..., help="tabst compare run folder (with models/<model>/all)"),
+        store: Path = typer.Option(..., "--store", "-s", help="store with the cells to predict"),
+        out: Path = typer.Option(..., "--out", "-o", help="submission CSV to write"),
+        group: str = typer.Option("test", "--group",
+                                  help="/cells/group to predict (test, validation, ...) or 'all'"),
+        model: Optional[str] = typer.Option(None, "--model",
+                                            help="model name (default: best-ranked with a refit)"),
+        sample: Optional[list[str]] = typer.Option(None, "--sample",
+                                                   help="only these samples (repeatable)"),
+        id_column: Optional[str] = typer.Option(None, "--id-column",
+                                                help="/cells field written as cell_id (default: "
+                                                     "source_cell_id if unique, else cell_id)"),
+        force: bool = typer.Option(False, "--force", help="overwrite an existing --out"),
+    ):
+        """Write the Crunch submission (cell_id, gene, prediction): every cell x gene once,
+        finite, clipped at 0 -- checked before the file appears."""
+        from tabst.predict import predict_submission
+
+        r = predict_submission(run, store, out, group=group, model=model, samples=sample or None,
+                               id_column=id_column, force=force)
+        console.print(f"[green]wrote[/] {r.out}: {r.n_cells:,} cells x {r.n_genes} genes = "
+                      f"{r.n_rows:,} rows (model {r.model}, group {r.group}, ids from "
+                      f"/cells/{r.id_column}; {r.n_clipped:,} negative predictions clipped to 0)",
+                      highlight=False, soft_wrap=True)

@@ -1,0 +1,569 @@
+"""``tabst compare``: a leakage-free benchmark of every model on one store.
+
+For each fold (by sample, see :func:`tabst.evaluate.make_folds`):
+
+1. a :class:`tabst.dataset.FeatureBuilder` is fitted on the fold's training rows only (scalers,
+   embedding PCA...), then transforms training and test rows;
+2. every model is built from the config (``REGISTRY[name](**params)``), fitted on the training
+   rows with ``groups`` = sample (so inner CV / early stopping split by sample too), and
+   predicts the test rows;
+3. the predictions are scored with the challenge metrics and written to ``predictions.h5``.
+
+The ``mean`` baseline is always included. A model that raises is recorded with its error (the
+traceback goes to ``logs/<model>.log``) and the others go on.
+
+Run folder (written into a hidden temp folder beside it and renamed when complete)::
+
+    <run>/leaderboard.csv      one row per model: metrics mean and sd over folds, costs, status
+    <run>/per_fold.csv         one row per model x fold
+    <run>/per_sample.csv       one row per model x fold x test sample
+    <run>/per_gene.csv         one row per model x gene: Pearson mean/sd over folds + per fold
+    <run>/predictions.h5       /genes; /fold_<k>/{cell_id, sample, x, y, row, truth, pred/<model>}
+    <run>/models/<model>/fold_<k>/   fitted model per fold (``save_fold_models``)
+    <run>/models/<model>/all/        refit on every row (``refit_all``), for predict / explain
+    <run>/features/fold_<k>/         fitted FeatureBuilder of each fold (FeatureBuilder.load)
+    <run>/features/all/              fitted FeatureBuilder of the refit (``refit_all``)
+    <run>/config.yaml          the resolved config
+    <run>/run.json             seeds, versions, store summary, embedding attrs, folds, timing
+    <run>/logs/<model>.log     tracebacks of failures
+    <run>/report.html          rendered from the files above (``tabst report RUN`` rebuilds it)
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+import traceback
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from .config import dump_config, load_config, model_params
+from .errors import StoreError, TabstError
+from .evaluate import METRIC_DIRECTION, METRIC_LABEL, METRICS, make_folds, mean_sd, score_fold
+from .store import now_utc, opened, put, read_strings
+from .util import progress
+
+VERSION_PACKAGES = ("tabst", "numpy", "scipy", "scikit-learn", "pandas", "h5py", "xgboost", "torch",
+                    "torchvision", "pytorch-tabnet", "shap", "matplotlib", "jinja2")
+
+
+# --------------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------------
+def package_versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for p in VERSION_PACKAGES:
+        try:
+            out[p] = version(p)
+        except PackageNotFoundError:
+            out[p] = None
+    return out
+
+
+def _attrs(obj) -> dict:
+    from .store import attrs_dict
+
+    out = {}
+    for k, v in attrs_dict(obj).items():
+        if isinstance(v, str) and v[:1] in "{[":
+            try:
+                v = json.loads(v)
+            except ValueError:
+                pass
+        if isinstance(v, float) and not np.isfinite(v):
+            v = None
+        out[k] = v
+    return out
+
+
+def resolve_embedding(f, cfg: dict) -> str | None:
+    """Name of the ``/embeddings/<name>`` this run uses (see ``embedding`` in the config)."""
+    embs = sorted(f["embeddings"].keys()) if "embeddings" in f else []
+    feats = cfg.get("features") or {}
+    if "embedding" in feats and feats["embedding"] is None:
+        return None
+    if isinstance(feats.get("embedding"), dict) and feats["embedding"].get("name") not in (None,
+                                                                                        "auto"):
+        return str(feats["embedding"]["name"])
+    want = cfg.get("embedding")
+    if want:
+        if want not in embs:
+            raise StoreError(f"{f.filename}: no embedding {want!r} (config key 'embedding'). The "
+                             f"store has: {', '.join(embs) or 'none'}. Compute it with "
+                             "`tabst embed`, or --set embedding=NAME.")
+        return want
+    complete = [n for n in embs if bool(f["embeddings"][n].attrs.get("complete", True))]
+    if len(complete) <= 1:
+        return complete[0] if complete else None
+    embs = complete
+    e = cfg.get("embed") or {}
+    match = [n for n in embs
+             if str(f["embeddings"][n].attrs.get("layer", "")) == str(e.get("layer"))
+             and int(f["embeddings"][n].attrs.get("patch_size", -1))
+             == int(e.get("patch_size", -2))]
+    if len(match) == 1:
+        return match[0]
+    raise StoreError(f"{f.filename}: several embeddings ({', '.join(embs)}) and the config does "
+                     "not say which to use. Pass --set embedding=NAME (config key 'embedding').")
+
+
+def feature_spec(cfg: dict, embedding: str | None) -> dict:
+    """The FeatureBuilder spec of the run: the config's ``features`` (validated by
+    :func:`tabst.dataset.validate_spec`) with ``embedding.name: auto`` replaced by the embedding
+    chosen by :func:`resolve_embedding`."""
+    from .dataset import validate_spec
+
+    spec = validate_spec(cfg.get("features") or {})
+    if spec["embedding"] is not None and spec["embedding"].get("name") in (None, "auto"):
+        if embedding is None:
+            raise StoreError("the feature set uses an image embedding but the store has none in "
+                             "/embeddings. Run `tabst embed STORE`, or set features.embedding: "
+                             "null (--set features.embedding=null).")
+        spec["embedding"]["name"] = embedding
+    return spec
+
+
+def _cells(f, rows, name, cfg_key):
+    if f"cells/{name}" not in f:
+        raise StoreError(f"{f.filename}: no column /cells/{name} (config key {cfg_key!r}). "
+                         f"Columns: {', '.join(f['cells'].keys())}.")
+    ds = f[f"cells/{name}"]
+    vals = read_strings(ds) if ds.dtype.kind == "O" else ds[()]
+    return np.asarray(vals)[rows]
+
+
+def _write_log(tmp: Path, name: str, text: str) -> None:
+    d = tmp / "logs"
+    d.mkdir(exist_ok=True)
+    with open(d / f"{name}.log", "a") as fh:
+        fh.write(text)
+
+
+# --------------------------------------------------------------------------------------------
+# main entry
+# --------------------------------------------------------------------------------------------
+def run_compare(store, config=None, out=None, *, overrides=(), models=None, features=None,
+                folds=None, unsafe_random_split: bool = False, force: bool = False,
+                show_progress: bool = True, render: bool = True, command=None) -> Path:
+    """Benchmark every configured model with sample-wise folds; write a run folder.
+
+    Parameters
+    ----------
+    store : path or h5py.File
+        A tabst store with ``/expression`` and the features the config asks for.
+    config : str, path or dict, optional
+        Preset name (``default``, ``crunch1``, ``hest``), YAML path, or a config dict (resolved
+        or not). Default: ``default``.
+    out : path, optional
+        Run folder; default ``reports/<config name>-<YYYYmmdd-HHMMSS>``.
+    overrides : list of str
+        ``--set`` items (``ridge.alphas=[0.1,1]``).
+    models, features, folds, unsafe_random_split
+        Command-line overrides: comma-separated model names, an embedding name (``--features``
+        picks ``/embeddings/<name>``), fold scheme, random-split permission.
+    force : bool
+        Replace an existing run folder.
+    show_progress : bool
+        Rich progress bar (model x fold) on stderr.
+    render : bool
+        Render ``report.html`` at the end (a rendering failure is logged, not fatal).
+    command : list of str, optional
+        Command line to record in ``run.json`` (default ``sys.argv``).
+
+    Returns
+    -------
+    Path
+        The completed run folder.
+    """
+    t_start = time.perf_counter()
+    cfg = load_config(config, overrides, models=models, folds=folds, embedding=features,
+                      unsafe_random_split=unsafe_random_split)
+    from .dataset import FeatureBuilder, load_targets, rows_with_expression
+    from .models import REGISTRY
+
+    if out is None:
+        out = Path("reports") / f"{cfg['name']}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    out = Path(out)
+    if out.exists() and not force:
+        raise TabstError(f"{out} already exists. Pass --force to replace it, or choose another "
+                         "--out.")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    try:
+        with opened(store) as f:
+            store_path = Path(f.filename).resolve()
+            info = _compare_in(f, cfg, tmp, REGISTRY, FeatureBuilder, load_targets,
+                               rows_with_expression, show_progress)
+        info["timing"]["total_seconds"] = round(time.perf_counter() - t_start, 3)
+        run = _run_record(cfg, store_path, info, command)
+        (tmp / "config.yaml").write_text(dump_config(cfg))
+        (tmp / "run.json").write_text(json.dumps(run, indent=1, default=_json_default))
+        if render:
+            try:
+                from .report.render import render_report
+
+                render_report(tmp, run_name=out.name)
+            except Exception:  # the numbers are worth more than the picture
+                _write_log(tmp, "report", traceback.format_exc())
+                run["report_error"] = traceback.format_exc().strip().splitlines()[-1]
+                (tmp / "run.json").write_text(json.dumps(run, indent=1, default=_json_default))
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _compare_in(f, cfg, tmp: Path, REGISTRY, FeatureBuilder, load_targets, rows_with_expression,
+                show_progress: bool) -> dict:
+    import h5py
+    import pandas as pd
+
+    timing = {"features_seconds": 0.0, "refit_seconds": 0.0}
+    rows = np.asarray(rows_with_expression(f), dtype=np.int64)
+    if rows.size == 0:
+        raise StoreError(f"{f.filename}: no cell has measured expression; nothing to evaluate.")
+    samples = _cells(f, rows, "sample", "sample").astype(str)
+    cell_id = _cells(f, rows, "cell_id", "cell_id").astype(str)
+    xs = _cells(f, rows, "x", "x").astype(np.float64)
+    ys = _cells(f, rows, "y", "y").astype(np.float64)
+    regions = (_cells(f, rows, cfg["region_column"], "region_column").astype(str)
+               if cfg["region_column"] else None)
+    groups = (_cells(f, rows, cfg["group_column"], "group_column").astype(str)
+              if cfg["group_column"] else None)
+    Y, genes = load_targets(f, rows)
+    Y = np.asarray(Y, dtype=np.float32)
+    genes = [str(g) for g in genes]
+    emb_name = resolve_embedding(f, cfg)
+    spec = feature_spec(cfg, emb_name)
+    folds = make_folds(samples, cfg["folds"], groups=groups,
+                       unsafe_random_split=cfg["unsafe_random_split"], seed=cfg["seed"])
+    names = list(cfg["models"])
+    fit_groups = groups if groups is not None else samples
+
+    (tmp / "features").mkdir()
+    (tmp / "models").mkdir()
+    per_fold, per_sample, gene_scores = [], [], {m: {} for m in names}
+    labels = {m: m for m in names}
+    codecs = {m: "" for m in names}
+    n_features = None
+    feature_info = {}
+    total = len(folds) * len(names) + (len(names) if cfg["refit_all"] else 0)
+    pbar = progress(unit="fits") if show_progress else None
+    with h5py.File(tmp / "predictions.h5", "w") as ph, (pbar or _Null()) as p:
+        task = p.add_task("compare", total=total) if pbar else None
+        ph.attrs["description"] = ("tabst compare predictions: per fold the test cells, their "
+                                   "measured expression (truth) and each model's prediction")
+        ph.attrs["unsafe_random_split"] = bool(cfg["unsafe_random_split"])
+        ph.attrs["folds"] = cfg["folds"]
+        put(ph, "genes", np.asarray(genes, dtype=object), description="gene names (columns)")
+        for fold in folds:
+            tr, te = rows[fold.train], rows[fold.test]
+            t0 = time.perf_counter()
+            fb = FeatureBuilder(spec)
+            fb.fit(f, tr)
+            Xtr = np.asarray(fb.transform(f, tr), dtype=np.float32)
+            Xte = np.asarray(fb.transform(f, te), dtype=np.float32)
+            timing["features_seconds"] += time.perf_counter() - t0
+            fb.save(tmp / "features" / f"fold_{fold.k}")
+            fnames = list(fb.feature_names_)
+            fgroups = list(fb.feature_groups_)
+            n_features = Xtr.shape[1]
+            feature_info = {"n_features": n_features,
+                            "groups": {g: fgroups.count(g) for g in dict.fromkeys(fgroups)}}
+            g = ph.create_group(f"fold_{fold.k}")
+            g.attrs["description"] = f"fold {fold.k}: test cells of {', '.join(fold.test_samples)}"
+            g.attrs["test_samples"] = json.dumps(fold.test_samples)
+            g.attrs["n_train"] = len(tr)
+            put(g, "cell_id", cell_id[fold.test].astype(object), description="test cell ids")
+            put(g, "sample", samples[fold.test].astype(object), description="sample of each cell")
+            put(g, "x", xs[fold.test], description="cell x in its sample image", unit="px")
+            put(g, "y", ys[fold.test], description="cell y in its sample image", unit="px")
+            put(g, "row", te, description="row index of the cell in the store's /cells")
+            if regions is not None:
+                put(g, "region", regions[fold.test].astype(object), description="region of cell")
+            put(g, "truth", Y[fold.test], description="measured expression [cells, genes]")
+            pg = g.create_group("pred")
+            pg.attrs["description"] = "predictions [cells, genes], one dataset per model"
+            Ytr, Yte = Y[fold.train], Y[fold.test]
+            for name in names:
+                if pbar:
+                    p.update(task, description=f"fold {fold.k + 1}/{len(folds)} · {name}")
+                rec = {"model": name, "fold": fold.k, "test_samples": ";".join(fold.test_samples),
+                       "n_train": len(tr), "n_test": len(te), "n_features": n_features,
+                       "status": "ok", "error": ""}
+                try:
+                    model = REGISTRY[name](**model_params(cfg, name))
+                    labels[name] = model.display_name
+                    codecs[name] = _codec_label(model)
+                    model.fit(Xtr, Ytr, groups=fit_groups[fold.train], feature_names=fnames,
+                              feature_groups=fgroups, target_names=genes)
+                    t1 = time.perf_counter()
+                    P = np.asarray(model.predict(Xte), dtype=np.float32)
+                    predict_s = time.perf_counter() - t1
+                    if P.shape != Yte.shape:
+                        raise TabstError(f"predict returned shape {P.shape}, expected {Yte.shape}")
+                    put(pg, name, P, description=f"predictions of {model.display_name}",
+                        label=model.display_name)
+                    if cfg["save_fold_models"]:
+                        model.save(tmp / "models" / name / f"fold_{fold.k}")
+                    sc = score_fold(Yte, P, samples[fold.test],
+                                    None if regions is None else regions[fold.test])
+                    rec.update(sc.metrics(), fit_seconds=float(model.fit_seconds_),
+                               predict_seconds=predict_s,
+                               peak_mem_mb=float(getattr(model, "peak_mem_mb_", np.nan)))
+                    gene_scores[name][fold.k] = (sc.per_gene.per_gene, sc.per_gene_mse,
+                                                 sc.per_gene.constant_truth,
+                                                 sc.per_gene.constant_pred)
+                    for s, v in sc.per_sample.items():
+                        per_sample.append({"model": name, "fold": fold.k, "sample": s, **v})
+                except Exception as e:  # a failing model must not stop the others
+                    rec.update(status="failed", error=f"{type(e).__name__}: {e}".strip())
+                    _write_log(tmp, name, f"--- fold {fold.k} ({', '.join(fold.test_samples)})\n"
+                               + traceback.format_exc() + "\n")
+                per_fold.append(rec)
+                if pbar:
+                    p.advance(task)
+            del Xtr, Xte
+        refit = {}
+        if cfg["refit_all"]:
+            t0 = time.perf_counter()
+            fb = FeatureBuilder(spec)
+            fb.fit(f, rows)
+            Xall = np.asarray(fb.transform(f, rows), dtype=np.float32)
+            fb.save(tmp / "features" / "all")
+            timing["features_seconds"] += time.perf_counter() - t0
+            for name in names:
+                if pbar:
+                    p.update(task, description=f"refit on all rows · {name}")
+                ok = any(r["model"] == name and r["status"] == "ok" for r in per_fold)
+                if not ok:
+                    refit[name] = {"status": "skipped", "error": "failed on every fold"}
+                else:
+                    try:
+                        t1 = time.perf_counter()
+                        model = REGISTRY[name](**model_params(cfg, name))
+                        model.fit(Xall, Y, groups=fit_groups, feature_names=list(fb.feature_names_),
+                                  feature_groups=list(fb.feature_groups_), target_names=genes)
+                        model.save(tmp / "models" / name / "all")
+                        refit[name] = {"status": "ok", "fit_seconds": model.fit_seconds_,
+                                       "seconds": time.perf_counter() - t1,
+                                       "path": f"models/{name}/all"}
+                    except Exception as e:
+                        refit[name] = {"status": "failed", "error": f"{type(e).__name__}: {e}"}
+                        _write_log(tmp, name, "--- refit on all rows\n" + traceback.format_exc())
+                if pbar:
+                    p.advance(task)
+            timing["refit_seconds"] = time.perf_counter() - t0
+            del Xall
+
+    pf = pd.DataFrame(per_fold)
+    for m in METRICS:
+        if m not in pf:
+            pf[m] = np.nan
+    pf.insert(1, "label", pf["model"].map(labels))
+    pf.to_csv(tmp / "per_fold.csv", index=False)
+    ps = pd.DataFrame(per_sample, columns=["model", "fold", "sample", "n_cells",
+                                           "cellwise_spearman", "genewise_pearson", "mse"])
+    ps.insert(1, "label", ps["model"].map(labels))
+    ps.to_csv(tmp / "per_sample.csv", index=False)
+    _per_gene_frame(gene_scores, genes, labels, [fd.k for fd in folds]) \
+        .to_csv(tmp / "per_gene.csv", index=False)
+    lb = leaderboard_frame(pf, cfg["primary_metric"], codecs, refit)
+    lb.to_csv(tmp / "leaderboard.csv", index=False)
+    emb_attrs = _attrs(f["embeddings"][emb_name]) if emb_name else None
+    return {"folds": [fd.to_dict() for fd in folds], "n_rows": int(len(rows)), "genes": genes,
+            "samples": {s: int(c) for s, c in zip(*np.unique(samples, return_counts=True))},
+            "embedding": {"name": emb_name, "attrs": emb_attrs} if emb_name else None,
+            "feature_spec": spec, "features": feature_info, "refit": refit,
+            "labels": labels, "timing": {k: round(v, 3) for k, v in timing.items()},
+            "n_failed": int((lb["status"] != "ok").sum())}
+
+
+class _Null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
+
+
+def _codec_label(model) -> str:
+    p = getattr(model, "params", {})
+    c = p.get("codec", "identity")
+    return f"pca{p.get('codec_k')}" if c == "pca" else str(c)
+
+
+def _per_gene_frame(gene_scores, genes, labels, fold_ids):
+    import pandas as pd
+
+    frames = []
+    for name, by_fold in gene_scores.items():
+        if not by_fold:
+            continue
+        ks = sorted(by_fold)
+        r = np.stack([by_fold[k][0] for k in ks])  # [folds, G]
+        e = np.stack([by_fold[k][1] for k in ks])
+        ct = np.stack([by_fold[k][2] for k in ks])
+        cp = np.stack([by_fold[k][3] for k in ks])
+        d = {"model": name, "label": labels[name], "gene": genes,
+             "pearson_mean": r.mean(0), "pearson_sd": r.std(0, ddof=1) if len(ks) > 1 else 0.0,
+             "mse_mean": e.mean(0), "n_folds": len(ks),
+             "n_folds_constant_truth": ct.sum(0), "n_folds_constant_pred": cp.sum(0)}
+        for i, k in enumerate(ks):
+            d[f"pearson_fold_{k}"] = r[i]
+        frames.append(pd.DataFrame(d))
+    if not frames:
+        return pd.DataFrame(columns=["model", "label", "gene", "pearson_mean", "pearson_sd",
+                                     "mse_mean", "n_folds", "n_folds_constant_truth",
+                                     "n_folds_constant_pred"])
+    return pd.concat(frames, ignore_index=True)
+
+
+def leaderboard_frame(pf, primary: str, codecs: dict, refit: dict):
+    """One row per model from the per-fold table, sorted by ``primary`` (failed models last)."""
+    import pandas as pd
+
+    rows = []
+    for name, d in pf.groupby("model", sort=False):
+        ok = d[d["status"] == "ok"]
+        n, n_ok = len(d), len(ok)
+        status = "ok" if n_ok == n else ("failed" if n_ok == 0 else f"partial ({n_ok}/{n} folds)")
+        errors = [e for e in d["error"].tolist() if isinstance(e, str) and e]
+        row = {"model": name, "label": d["label"].iloc[0], "codec": codecs.get(name, ""),
+               "status": status, "error": errors[0] if errors else "",
+               "n_folds": n, "n_folds_ok": n_ok}
+        for m in METRICS:
+            row[f"{m}_mean"], row[f"{m}_sd"] = mean_sd(ok[m].tolist())
+        row["n_const_truth_genes"] = int(ok["n_const_truth_genes"].max()) if n_ok else 0
+        row["fit_seconds"] = float(ok["fit_seconds"].mean()) if n_ok else np.nan
+        row["predict_seconds"] = float(ok["predict_seconds"].mean()) if n_ok else np.nan
+        row["peak_mem_mb"] = float(ok["peak_mem_mb"].max()) if n_ok else np.nan
+        row["n_features"] = int(d["n_features"].iloc[0]) if pd.notna(d["n_features"].iloc[0]) \
+            else 0
+        row["refit"] = (refit.get(name) or {}).get("status", "off")
+        rows.append(row)
+    lb = pd.DataFrame(rows)
+    key = f"{primary}_mean"
+    sign = METRIC_DIRECTION[primary]
+    lb["_failed"] = lb["n_folds_ok"] == 0
+    lb["_key"] = -sign * lb[key]
+    lb = lb.sort_values(["_failed", "_key"], na_position="last", kind="stable") \
+        .drop(columns=["_failed", "_key"]).reset_index(drop=True)
+    lb.insert(0, "rank", np.arange(1, len(lb) + 1))
+    return lb
+
+
+def _run_record(cfg, store_path: Path, info: dict, command) -> dict:
+    import h5py
+
+    with h5py.File(store_path, "r") as f:
+        root = _attrs(f)
+        n_cells = int(f["cells/cell_id"].shape[0])
+        transform = f["expression/X"].attrs.get("transform", "")
+    st = store_path.stat()
+    return {
+        "kind": "tabst compare run", "complete": True, "created_utc": now_utc(),
+        "command": list(command) if command is not None else list(sys.argv),
+        "config_name": cfg["name"], "primary_metric": cfg["primary_metric"],
+        "metric_labels": METRIC_LABEL, "metric_direction": METRIC_DIRECTION,
+        "unsafe_random_split": bool(cfg["unsafe_random_split"]), "folds_scheme": cfg["folds"],
+        "folds": info["folds"], "group_column": cfg["group_column"],
+        "region_column": cfg["region_column"],
+        "seeds": {"seed": cfg["seed"],
+                  "models": {m: model_params(cfg, m)["seed"] for m in cfg["models"]}},
+        "store": {"path": str(store_path), "bytes": st.st_size,
+                  "mtime_utc": datetime.fromtimestamp(st.st_mtime, timezone.utc)
+                  .strftime("%Y-%m-%dT%H:%M:%SZ"),
+                  "created_utc": root.get("created_utc"),
+                  "tabst_version": root.get("tabst_version"),
+                  "provenance": root.get("provenance"), "n_cells": n_cells,
+                  "n_cells_evaluated": info["n_rows"], "n_genes": len(info["genes"]),
+                  "samples": info["samples"],
+                  "expression_transform": transform.decode() if isinstance(transform, bytes)
+                  else str(transform)},
+        "embedding": info["embedding"], "feature_spec": info["feature_spec"],
+        "features": info["features"], "models": cfg["models"], "labels": info["labels"],
+        "refit": info["refit"], "timing": info["timing"],
+        "versions": package_versions(),
+        "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count()},
+    }
+
+
+def _json_default(o):
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)
+
+
+# --------------------------------------------------------------------------------------------
+# terminal table
+# --------------------------------------------------------------------------------------------
+def leaderboard_table(run_dir):
+    """A rich Table of ``leaderboard.csv``: best value per metric in bold green, primary metric
+    first, unsafe split / failures flagged."""
+    import pandas as pd
+    from rich.table import Table
+
+    run_dir = Path(run_dir)
+    lb = pd.read_csv(run_dir / "leaderboard.csv", keep_default_na=True)
+    run = json.loads((run_dir / "run.json").read_text())
+    primary = run["primary_metric"]
+    order = [primary] + [m for m in METRICS if m != primary]
+    title = f"tabst compare · {run['config_name']} · folds: {run['folds_scheme']}"
+    if run.get("unsafe_random_split"):
+        title += " · [bold red]UNSAFE RANDOM SPLIT (leaky)[/]"
+    from rich import box
+
+    short = {"cellwise_spearman": "cell Spearman", "genewise_pearson": "gene Pearson",
+             "mse": "MSE"}
+    t = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD,
+              caption="mean ± sd over folds; best in bold green; ★ ranks the table; "
+                      "fit s = mean per fold", caption_justify="left")
+    t.add_column("#", justify="right")
+    t.add_column("model", no_wrap=True)
+    for m in order:
+        arrow = "↑" if METRIC_DIRECTION[m] > 0 else "↓"
+        t.add_column(f"{short[m]} {arrow}" + ("★" if m == primary else ""), justify="right",
+                     min_width=8)
+    t.add_column("fit s", justify="right")
+    t.add_column("pred s", justify="right")
+    t.add_column("MB", justify="right")
+    t.add_column("status")
+    best = {}
+    for m in METRICS:
+        v = lb[f"{m}_mean"].to_numpy(dtype=float)
+        if np.isfinite(v).any():
+            best[m] = np.nanmax(v) if METRIC_DIRECTION[m] > 0 else np.nanmin(v)
+    for _, r in lb.iterrows():
+        cells = [str(r["rank"]), str(r["label"])]
+        for m in order:
+            mu, sd = r[f"{m}_mean"], r[f"{m}_sd"]
+            if not np.isfinite(mu):
+                cells.append("—")
+                continue
+            s = f"{mu:.4f}\n[dim]±{sd:.3f}[/]"
+            if m in best and np.isclose(mu, best[m]):
+                s = f"[bold green]{mu:.4f}[/]" + s[len(f"{mu:.4f}"):]
+            cells.append(s)
+        for c, fmt in (("fit_seconds", "{:.2f}"), ("predict_seconds", "{:.3f}"),
+                       ("peak_mem_mb", "{:.0f}")):
+            cells.append(fmt.format(r[c]) if np.isfinite(r[c]) else "—")
+        st = str(r["status"])
+        cells.append(st if st == "ok" else f"[red]{st}[/]")
+        t.add_row(*cells)
+    return t

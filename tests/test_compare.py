@@ -1,0 +1,307 @@
+"""`tabst compare`: config validation, outputs, failure isolation, and no leakage across folds."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from conftest import write_tiny_store
+from tabst.compare import run_compare
+from tabst.config import load_config, parse_override
+from tabst.errors import TabstError
+from tabst.evaluate import cellwise_spearman, genewise_pearson, mse
+from tabst.models import REGISTRY
+from tabst_cli.app import app
+
+# tiny, fast parameters for every model of the registry
+FAST = {
+    "features": {"embedding": {"name": "auto", "pca": 6}},
+    "params": {
+        "ridge": {"alphas": [0.1, 1.0, 10.0, 100.0]},
+        "tree": {"max_depth": 3, "codec_k": 3, "min_samples_leaf": 5},
+        "xgboost": {"n_estimators": 6, "n_jobs": 1, "codec_k": 3, "early_stopping_rounds": 3},
+        "tabnet": {"max_epochs": 2, "pretrain": False, "batch_size": 32, "virtual_batch_size": 16,
+                   "n_d": 4, "n_a": 4, "n_steps": 1, "codec_k": 3, "patience": 2},
+    },
+    "report": {"n_map_genes": 2, "dpi": 60},
+}
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cmp")
+    return write_tiny_store(d / "tiny.h5", n_samples=3, cells_per_sample=40, n_genes=8, emb_dim=10)
+
+
+def _cfg(tmp_path, **extra) -> str:
+    cfg = {**FAST, **extra}
+    p = tmp_path / "cfg.yaml"
+    p.write_text(yaml.safe_dump(cfg))
+    return str(p)
+
+
+# ------------------------------------------------------------------------------ config
+def test_config_presets_and_overrides():
+    c = load_config("crunch1", ["ridge.alphas=[0.1,1,10]", "folds=group-kfold:2",
+                                "report.dpi=80"])
+    assert c["params"]["ridge"]["alphas"] == [0.1, 1, 10]
+    assert c["folds"] == "group-kfold:2" and c["report"]["dpi"] == 80
+    assert c["primary_metric"] == "cellwise_spearman"
+    assert c["embed"]["patch_size"] == 32 and c["embed"]["layer"] == "layer3"
+    h = load_config("hest")
+    assert h["primary_metric"] == "genewise_pearson"
+    assert h["embed"]["patch_size"] == 224 and h["features"]["embedding"]["pca"] == 256
+    assert load_config("default", models="ridge")["models"] == ["mean", "ridge"]  # mean always
+    assert parse_override("xgboost.n_estimators=5", REGISTRY) == (
+        ["params", "xgboost", "n_estimators"], 5)
+
+
+@pytest.mark.parametrize("overrides, key", [
+    (["colour=red"], "'colour'"),
+    (["seed=abc"], "'seed'"),
+    (["ridge.nonsense=1"], "params.ridge.nonsense"),
+    (["xgboost.n_estimators=many"], "params.xgboost.n_estimators"),
+    (["report.dpi=high"], "report.dpi"),
+    (["report.fontsize=3"], "report.fontsize"),
+    (["folds=kfold"], "'folds'"),
+    (["folds=random:3"], "'folds'"),
+    (["primary_metric=r2"], "'primary_metric'"),
+    (["features.colours=1"], "'features'"),
+    (["nope"], "KEY=VALUE"),
+])
+def test_config_errors_name_the_key(overrides, key):
+    with pytest.raises(TabstError) as e:
+        load_config("default", overrides)
+    assert key in str(e.value)
+
+
+def test_unknown_model_lists_the_registry(tmp_path, store):
+    with pytest.raises(TabstError) as e:
+        load_config("default", models="ridge,lasso")
+    assert "'models'" in str(e.value) and "lasso" in str(e.value)
+    for name in REGISTRY:
+        assert name in str(e.value)
+    r = CliRunner().invoke(app, ["compare", store, "--models", "lasso", "--out",
+                                 str(tmp_path / "r")])
+    assert r.exit_code == 1 and "lasso" in r.output and "xgboost" in r.output
+    assert not (tmp_path / "r").exists()
+
+
+def test_unknown_config_file_and_preset(tmp_path):
+    with pytest.raises(TabstError, match="Presets: .*crunch1"):
+        load_config("nosuchpreset")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("models: ridge\n")
+    with pytest.raises(TabstError, match="'models' must be a list"):
+        load_config(str(bad))
+
+
+# ------------------------------------------------------------------------------ full CLI run
+def test_cli_compare_all_models_produces_all_outputs(tmp_path, store):
+    out = tmp_path / "run"
+    r = CliRunner().invoke(app, ["compare", store, "--config", _cfg(tmp_path), "--models",
+                                 "ridge,tree,xgboost,tabnet", "--out", str(out),
+                                 "--set", "seed=3"])
+    assert r.exit_code == 0, r.output
+    assert "report:" in r.output and "ridge" in r.output
+    for name in ("leaderboard.csv", "per_gene.csv", "per_sample.csv", "per_fold.csv",
+                 "predictions.h5", "config.yaml", "run.json", "report.html"):
+        assert (out / name).is_file(), name
+    assert not list(tmp_path.glob(".run.tmp*"))
+    lb = pd.read_csv(out / "leaderboard.csv")
+    assert set(lb["model"]) == {"mean", "ridge", "tree", "xgboost", "tabnet"}
+    assert (lb["status"] == "ok").all(), lb[["model", "error"]]
+    for col in ("cellwise_spearman_mean", "cellwise_spearman_sd", "genewise_pearson_mean",
+                "genewise_pearson_sd", "mse_mean", "mse_sd", "fit_seconds", "predict_seconds",
+                "peak_mem_mb", "n_features", "codec"):
+        assert col in lb.columns
+    assert list(lb["rank"]) == [1, 2, 3, 4, 5]
+    v = lb["cellwise_spearman_mean"].to_numpy()
+    assert (np.diff(v) <= 1e-12).all()  # sorted by the primary metric, higher first
+    assert lb.set_index("model").loc["xgboost", "codec"] == "pca3"
+    assert lb.set_index("model").loc["xgboost", "label"] == "xgboost+pca3"
+    # the tiny data is linear: ridge must beat the mean baseline on gene-wise Pearson
+    g = lb.set_index("model")["genewise_pearson_mean"]
+    assert g["ridge"] > 0.5 and g["mean"] == 0.0
+
+    # predictions.h5: every number can be recomputed from it
+    run = json.loads((out / "run.json").read_text())
+    with h5py.File(out / "predictions.h5") as f:
+        genes = f["genes"].asstr()[()]
+        assert len(genes) == 8
+        folds = sorted(k for k in f if k.startswith("fold_"))
+        assert len(folds) == 3
+        cs = []
+        for k in folds:
+            g_ = f[k]
+            n = g_["cell_id"].shape[0]
+            assert g_["truth"].shape == (n, 8) and g_["x"].shape == (n,)
+            assert set(g_["pred"]) == {"mean", "ridge", "tree", "xgboost", "tabnet"}
+            assert len(set(g_["sample"].asstr()[()])) == 1  # leave-one-sample-out
+            t, p, s = g_["truth"][()], g_["pred/ridge"][()], g_["sample"].asstr()[()]
+            cs.append((cellwise_spearman(t, p, s), genewise_pearson(t, p), mse(t, p, s)))
+    ridge = lb.set_index("model").loc["ridge"]
+    cs = np.asarray(cs)
+    assert ridge["cellwise_spearman_mean"] == pytest.approx(cs[:, 0].mean())
+    assert ridge["cellwise_spearman_sd"] == pytest.approx(cs[:, 0].std(ddof=1))
+    assert ridge["genewise_pearson_mean"] == pytest.approx(cs[:, 1].mean())
+    assert ridge["mse_mean"] == pytest.approx(cs[:, 2].mean())
+
+    pg = pd.read_csv(out / "per_gene.csv")
+    assert len(pg) == 5 * 8 and {"pearson_fold_0", "pearson_mean"} <= set(pg.columns)
+    ps = pd.read_csv(out / "per_sample.csv")
+    assert len(ps) == 5 * 3 and set(ps["sample"]) == {"S0", "S1", "S2"}
+
+    # fitted models per fold + a refit on all rows with its feature builder
+    from tabst.dataset import FeatureBuilder
+    from tabst.models.base import TabstModel
+
+    for m in ("mean", "ridge", "tree", "xgboost", "tabnet"):
+        for k in ("fold_0", "fold_1", "fold_2", "all"):
+            assert (out / "models" / m / k / "model.json").is_file(), (m, k)
+    fb = FeatureBuilder.load(out / "features" / "all")
+    model = TabstModel.load(out / "models" / "ridge" / "all")
+    P = model.predict(fb.transform(store, np.arange(5)))
+    assert P.shape == (5, 8) and np.isfinite(P).all()
+
+    cfg = yaml.safe_load((out / "config.yaml").read_text())
+    assert cfg["seed"] == 3 and cfg["models"][0] == "mean"
+    assert run["seeds"]["seed"] == 3 and run["unsafe_random_split"] is False
+    assert run["embedding"]["name"] == "test" and run["embedding"]["attrs"]["weights"] == "random"
+    assert run["versions"]["numpy"] and run["store"]["n_genes"] == 8
+    assert [f_["test_samples"] for f_ in run["folds"]] == [["S0"], ["S1"], ["S2"]]
+
+
+def test_existing_out_needs_force(tmp_path, store):
+    out = tmp_path / "r"
+    out.mkdir()
+    (out / "keep.txt").write_text("x")
+    r = CliRunner().invoke(app, ["compare", store, "--models", "ridge", "--out", str(out)])
+    assert r.exit_code == 1 and "--force" in r.output
+    assert (out / "keep.txt").exists()
+
+
+def test_failure_leaves_nothing_half_written(tmp_path, store):
+    out = tmp_path / "r"
+    with pytest.raises(TabstError, match="nosuch"):
+        run_compare(store, {**FAST, "models": ["ridge"], "embedding": "nosuch"}, out,
+                    show_progress=False)
+    assert not out.exists() and not list(tmp_path.iterdir())
+
+
+def test_failing_model_is_recorded_and_others_go_on(tmp_path, store, monkeypatch):
+    from tabst.models.tree import TreeModel
+
+    def boom(self, X, Z, groups):
+        raise RuntimeError("synthetic tree failure")
+
+    monkeypatch.setattr(TreeModel, "_fit", boom)
+    out = run_compare(store, {**FAST, "models": ["ridge", "tree"]}, tmp_path / "r",
+                      show_progress=False)
+    lb = pd.read_csv(out / "leaderboard.csv").set_index("model")
+    assert lb.loc["tree", "status"] == "failed"
+    assert "synthetic tree failure" in lb.loc["tree", "error"]
+    assert lb.loc["ridge", "status"] == "ok" and lb.loc["mean", "status"] == "ok"
+    assert lb.loc["tree", "rank"] == 3  # failed models sort last
+    log = (out / "logs" / "tree.log").read_text()
+    assert "Traceback" in log and "synthetic tree failure" in log
+    run = json.loads((out / "run.json").read_text())
+    assert run["refit"]["tree"]["status"] == "skipped"
+    html = (out / "report.html").read_text()
+    assert "synthetic tree failure" in html
+
+
+def test_group_kfold_and_unsafe_random_split(tmp_path):
+    st = write_tiny_store(tmp_path / "four.h5", n_samples=4, cells_per_sample=20, n_genes=5,
+                          emb_dim=6)
+    out = run_compare(st, {**FAST, "models": ["ridge"]}, tmp_path / "gk", folds="group-kfold:2",
+                      show_progress=False)
+    run = json.loads((out / "run.json").read_text())
+    assert len(run["folds"]) == 2
+    assert sorted(s for f in run["folds"] for s in f["test_samples"]) == ["S0", "S1", "S2", "S3"]
+
+    r = CliRunner().invoke(app, ["compare", st, "--config", _cfg(tmp_path), "--models", "ridge",
+                                 "--unsafe-random-split", "--out", str(tmp_path / "un")])
+    assert r.exit_code == 0, r.output
+    assert "UNSAFE" in r.output
+    run = json.loads((tmp_path / "un" / "run.json").read_text())
+    assert run["unsafe_random_split"] is True and run["folds_scheme"].startswith("random:")
+    with h5py.File(tmp_path / "un" / "predictions.h5") as f:
+        assert bool(f.attrs["unsafe_random_split"])
+        assert len(set(f["fold_0/sample"].asstr()[()])) > 1  # cells of several samples
+    assert 'id="banner-unsafe"' in (tmp_path / "un" / "report.html").read_text()
+
+
+# ------------------------------------------------------------------------------ leakage
+def test_everything_learned_sees_training_rows_only(tmp_path, store, monkeypatch):
+    """Spy on every fit: the feature builder and the models only ever see training rows."""
+    from tabst.dataset import FeatureBuilder
+    from tabst.models.base import TabstModel
+
+    samples = np.repeat(["S0", "S1", "S2"], 40)
+    fb_rows, model_groups = [], []
+    orig_fb_fit, orig_m_fit = FeatureBuilder.fit, TabstModel.fit
+
+    def fb_fit(self, store_, rows):
+        fb_rows.append(np.asarray(rows).copy())
+        return orig_fb_fit(self, store_, rows)
+
+    def m_fit(self, X, Y, groups=None, **kw):
+        model_groups.append((type(self).name, len(X), np.asarray(groups).copy()))
+        return orig_m_fit(self, X, Y, groups, **kw)
+
+    monkeypatch.setattr(FeatureBuilder, "fit", fb_fit)
+    monkeypatch.setattr(TabstModel, "fit", m_fit)
+    out = run_compare(store, {**FAST, "models": ["ridge"]}, tmp_path / "r", show_progress=False)
+    run = json.loads((out / "run.json").read_text())
+    assert len(fb_rows) == 4  # 3 folds + the refit on all rows
+    for f, rows in zip(run["folds"], fb_rows[:3]):
+        held = f["test_samples"]
+        assert not set(samples[rows]) & set(held)
+        assert len(rows) == f["n_train"]
+    assert len(fb_rows[3]) == 120  # refit: all rows, by design
+    fold_fits = [g for g in model_groups if g[1] == 80]
+    assert len(fold_fits) == 6  # mean + ridge per fold
+    for (_, n, groups), f in zip(fold_fits[::2], run["folds"]):
+        assert not set(groups) & set(f["test_samples"])
+
+
+def test_perturbing_test_sample_does_not_change_fold_fit(tmp_path, store):
+    """Scramble the held-out sample's embedding, features and expression: the fold's fitted
+    transforms and model must not change (they would if test rows leaked into any fit)."""
+    st2 = tmp_path / "perturbed.h5"
+    shutil.copy(store, st2)
+    rng = np.random.default_rng(7)
+    with h5py.File(st2, "r+") as f:
+        s0 = np.flatnonzero(f["cells/sample"].asstr()[()] == "S0")
+        for key in ("embeddings/test", "features/morphology", "expression/X"):
+            ds = f[key]
+            a = ds[()]
+            a[s0] = rng.normal(5, 3, size=a[s0].shape).astype(a.dtype)
+            if key == "expression/X":
+                a[s0] = np.abs(a[s0])
+            ds[...] = a
+    cfg = {**FAST, "models": ["ridge"], "refit_all": False}
+    a = run_compare(store, cfg, tmp_path / "a", show_progress=False, render=False)
+    b = run_compare(st2, cfg, tmp_path / "b", show_progress=False, render=False)
+    fold0 = json.loads((a / "run.json").read_text())["folds"][0]
+    assert fold0["test_samples"] == ["S0"]
+    with np.load(a / "features/fold_0/features.npz") as za, \
+            np.load(b / "features/fold_0/features.npz") as zb:
+        np.testing.assert_array_equal(za["pca_mean"], zb["pca_mean"])
+        np.testing.assert_array_equal(za["pca_components"], zb["pca_components"])
+    with np.load(a / "models/ridge/fold_0/state.npz") as za, \
+            np.load(b / "models/ridge/fold_0/state.npz") as zb:
+        assert set(za.files) == set(zb.files)
+        for k in za.files:
+            np.testing.assert_array_equal(za[k], zb[k], err_msg=k)
+    # ... whereas the folds that train on S0 do change (the test above is not vacuous)
+    with np.load(a / "features/fold_1/features.npz") as za, \
+            np.load(b / "features/fold_1/features.npz") as zb:
+        assert not np.array_equal(za["pca_mean"], zb["pca_mean"])

@@ -1,0 +1,151 @@
+"""report.html: one offline file, rebuilt from the run folder alone, renders in headless
+Chromium."""
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+
+import pytest
+from typer.testing import CliRunner
+
+from conftest import write_tiny_store
+from tabst.compare import run_compare
+from tabst.errors import TabstError
+from tabst.report.render import render_report
+from tabst_cli.app import app
+
+CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if os.path.exists("/usr/bin/chromium")
+                                        else None)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("rep")
+    store = write_tiny_store(d / "tiny.h5", n_samples=3, cells_per_sample=50, n_genes=14, emb_dim=8)
+    cfg = {"models": ["ridge", "tree"], "features": {"embedding": {"name": "auto", "pca": 6}},
+           "params": {"tree": {"max_depth": 3, "codec_k": 3}},
+           "report": {"n_map_genes": 2, "n_best_worst": 5}}
+    return run_compare(store, cfg, d / "run", show_progress=False)
+
+
+def _images(html: str) -> list[str]:
+    return re.findall(r'<img[^>]*\ssrc="([^"]*)"', html)
+
+
+def test_report_is_one_offline_file(run_dir):
+    html = (run_dir / "report.html").read_text()
+    assert "http://" not in html and "https://" not in html
+    assert not re.search(r'(src|href)\s*=\s*"(?!data:)', html)  # no linked resources at all
+    assert "<script" not in html and "@import" not in html
+    assert len(html.encode()) <= 5 * 1024 * 1024
+    imgs = _images(html)
+    assert len(imgs) >= 4  # per-sample, per-gene, spatial, cost
+    from PIL import Image
+
+    for src in imgs:
+        assert src.startswith("data:image/png;base64,")
+        im = Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1])))
+        im.load()
+        assert im.width > 100 and im.height > 100
+
+
+def test_report_content(run_dir):
+    html = (run_dir / "report.html").read_text()
+    for section in ('id="leaderboard"', 'id="per-sample"', 'id="genes"', 'id="spatial"',
+                    'id="cost"', 'id="provenance"'):
+        assert section in html
+    # the tiny store's embedding has random weights -> the banner must be there
+    assert 'id="banner-random"' in html and "RANDOM ENCODER WEIGHTS" in html
+    assert 'id="banner-unsafe"' not in html
+    assert "ridge" in html and "tree+pca3" in html and "mean" in html
+    assert "best genes" in html and "worst genes" in html
+    assert "@media print" in html
+    assert f"tabst report {run_dir.name}" in html
+
+
+def test_report_rebuilt_from_run_folder_alone(run_dir, tmp_path):
+    moved = tmp_path / "elsewhere"
+    shutil.copytree(run_dir, moved)
+    (moved / "report.html").unlink()
+    store = json.loads((moved / "run.json").read_text())["store"]["path"]
+    hidden = store + ".hidden"
+    os.rename(store, hidden)  # the store is not needed to render
+    try:
+        r = CliRunner().invoke(app, ["report", str(moved)])
+    finally:
+        os.rename(hidden, store)
+    assert r.exit_code == 0, r.output
+    html = (moved / "report.html").read_text()
+    assert 'id="spatial"' in html and len(_images(html)) >= 4
+
+
+def test_report_errors_and_size_budget(run_dir, tmp_path):
+    r = CliRunner().invoke(app, ["report", str(tmp_path / "nope")])
+    assert r.exit_code == 1 and "no such run folder" in r.output
+    part = tmp_path / "partial"
+    shutil.copytree(run_dir, part)
+    (part / "predictions.h5").unlink()
+    with pytest.raises(TabstError, match="missing predictions.h5"):
+        render_report(part)
+    # a tight budget forces lower-resolution figures, an impossible one is a clear error
+    cfgp = part.parent / "tight"
+    shutil.copytree(run_dir, cfgp)
+    cfg = (cfgp / "config.yaml").read_text().replace("max_mb: 5.0", "max_mb: 0.01")
+    (cfgp / "config.yaml").write_text(cfg)
+    with pytest.raises(TabstError, match="budget"):
+        render_report(cfgp)
+
+
+PROBE = """<script>
+window.__errs = [];
+window.addEventListener('error', function (e) {
+  window.__errs.push(String(e.message || (e.target && (e.target.src || e.target.tagName))));
+}, true);
+window.addEventListener('load', function () {
+  // the load event waits for every image; drawing each onto a canvas and reading pixels back
+  // forces a full decode, synchronously (so --dump-dom always sees the result)
+  var imgs = Array.prototype.slice.call(document.images), decoded = 0, bad = [];
+  imgs.forEach(function (i, k) {
+    try {
+      if (!(i.complete && i.naturalWidth > 0 && i.naturalHeight > 0)) throw 'not loaded';
+      var c = document.createElement('canvas');
+      c.width = i.naturalWidth; c.height = i.naturalHeight;
+      var ctx = c.getContext('2d');
+      ctx.drawImage(i, 0, 0);
+      var px = ctx.getImageData(0, 0, c.width, c.height).data, any = false;
+      for (var j = 3; j < px.length; j += 4 * 97) { if (px[j] > 0) { any = true; break; } }
+      if (!any) throw 'blank';
+      decoded += 1;
+    } catch (err) { bad.push(k + ': ' + err); }
+  });
+  var d = document.createElement('pre');
+  d.id = '__probe';
+  d.textContent = JSON.stringify({n: imgs.length, decoded: decoded, bad: bad,
+                                  errors: window.__errs});
+  document.body.appendChild(d);
+});
+</script>"""
+
+
+def test_report_renders_in_headless_chromium(run_dir, tmp_path):
+    if CHROMIUM is None:
+        pytest.fail("chromium not found: the report test needs headless Chromium. `.ci/run` "
+                    "installs it (apt-get install -y chromium).")
+    html = (run_dir / "report.html").read_text()
+    probe = tmp_path / "probe.html"
+    probe.write_text(html.replace("<head>", "<head>" + PROBE, 1))
+    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+           "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'profile'}",
+           "--virtual-time-budget=10000", "--dump-dom", probe.as_uri()]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    m = re.search(r'<pre id="__probe">(.*?)</pre>', res.stdout, re.S)
+    assert m, f"probe did not run (rc={res.returncode}): {res.stderr[-2000:]}"
+    out = json.loads(m.group(1).replace("&quot;", '"').replace("&amp;", "&"))
+    assert out["errors"] == []
+    assert out["n"] >= 4 and out["decoded"] == out["n"], out
