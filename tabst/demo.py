@@ -465,15 +465,27 @@ def ingest_demo(paths: dict, store=None, *, force: bool = False, show_progress: 
     return store
 
 
-def run_demo(out, seed: int = 0, quick: bool = False, force: bool = False,
-             show_progress: bool = True) -> dict:
-    """The whole demo: generate raw inputs -> ingest -> (later stages).
+STAGES = ("data", "embed", "compare", "explain")
 
-    Returns the paths of everything written (``store``, ``truth``, raw inputs...).
+
+def run_demo(out, seed: int = 0, quick: bool = False, force: bool = False,
+             show_progress: bool = True, stages=STAGES) -> dict:
+    """The whole demo: generate raw inputs -> ingest -> embed -> compare -> explain.
+
+    ``stages`` picks a prefix of :data:`STAGES` (``("data",)`` only generates and ingests).
+    The embedding uses ResNet50 layer3 on 32 px patches with **random** weights (no download
+    here); the reports say so in a banner. Returns the paths of everything written (``store``,
+    ``truth``, raw inputs, ``run``, ``report``, ``explain``, ``driver_check``).
     """
+    import time
+
+    unknown = [s for s in stages if s not in STAGES]
+    if unknown or not stages or list(stages) != list(STAGES[:len(stages)]):
+        raise TabstError(f"demo stages must be a prefix of {', '.join(STAGES)} (got {stages}).")
+    t0 = time.perf_counter()
     out = Path(out)
     P = _paths(out)
-    existing = [p for p in (out / "store.h5", P["raw"], P["truth"]) if p.exists()]
+    existing = [p for p in (out / "store.h5", P["raw"], P["truth"], out / "run") if p.exists()]
     if existing and not force:
         raise TabstError(f"{existing[0]} already exists. Pass --force to regenerate the demo "
                          "there, or choose another --out.")
@@ -481,8 +493,72 @@ def run_demo(out, seed: int = 0, quick: bool = False, force: bool = False,
         shutil.rmtree(P["raw"])
     paths = generate_demo_inputs(out, seed=seed, quick=quick, show_progress=show_progress)
     paths["store"] = ingest_demo(paths, out / "store.h5", force=True, show_progress=show_progress)
-    # ---- later stages go here (issues for embed / compare / explain):
-    #   paths["store"] gets /embeddings + /features  (tabst embed)
-    #   runs/<name>/ leaderboard + report          (tabst compare)
-    #   explain.html checked against paths["truth"] (tabst explain)
+    if "embed" in stages:
+        from .embed import embed_store
+
+        paths["embedding"] = embed_store(paths["store"], encoder="resnet50", layer="layer3",
+                                         patch_size=PATCH, weights="random", force=True,
+                                         show_progress=show_progress)
+    if "compare" in stages:
+        from .compare import run_compare
+
+        paths["run"] = run_compare(paths["store"], "quick", out / "run", force=True,
+                                   show_progress=show_progress,
+                                   command=["tabst", "demo", "--out", str(out)])
+        paths["report"] = Path(paths["run"]) / "report.html"
+    if "explain" in stages:
+        from .explain import run_explain
+
+        genes = list(DRIVER_GENES)
+        paths["explain"] = run_explain(paths["run"], genes=genes, top_genes=0, seed=seed,
+                                       show_progress=show_progress)
+        paths["driver_check"] = check_drivers(paths["run"], paths["truth"])
+    paths["seconds"] = time.perf_counter() - t0
     return paths
+
+
+def check_drivers(run_dir, truth_path) -> Path:
+    """For each ground-truth driver gene: the top readable feature each explained model names.
+
+    Writes ``driver_check.json`` in the run folder: per gene the true driver, the gene's best
+    model (highest gene-wise Pearson on it, whose explanation the report shows) with its top
+    named feature and whether it is the driver, and the same for every other explained model.
+    """
+    import h5py
+
+    from .explain import read_attributions, top_readable_feature
+
+    truth = json.loads(Path(truth_path).read_text())["driver_genes"]
+    att = Path(run_dir) / "attributions.h5"
+    with h5py.File(att, "r") as f:
+        best = str(f.attrs.get("best_model", ""))
+    models = list(read_attributions(att))
+    models = ([best] if best in models else []) + [m for m in models if m != best]
+    rows = []
+    for gene, t in truth.items():
+        per_model = {}
+        for m in models:
+            top = top_readable_feature(att, gene, m)
+            per_model[m] = {"top_feature": top, "match": top == t["driver"]}
+        top = top_readable_feature(att, gene)  # the gene's best model, as in the report
+        gene_best = _gene_best_model(att, gene) or best
+        rows.append({"gene": gene, "driver": t["driver"], "sign": t["sign"],
+                     "best_model": gene_best, "top_feature": top, "match": top == t["driver"],
+                     "models": per_model})
+    out = Path(run_dir) / "driver_check.json"
+    out.write_text(json.dumps({"best_model": best, "models": models, "genes": rows,
+                               "recovered": sum(r["match"] for r in rows), "of": len(rows)},
+                              indent=2))
+    return out
+
+
+def _gene_best_model(att, gene: str):
+    import h5py
+
+    from .store import get_str_list
+
+    with h5py.File(att, "r") as f:
+        if "best_model_per_gene" not in f.attrs:
+            return None
+        per_gene = dict(zip(get_str_list(f, "genes"), get_str_list(f, "best_model_per_gene")))
+    return per_gene.get(gene)

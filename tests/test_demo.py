@@ -30,11 +30,12 @@ def _contents(path):
 
 @pytest.fixture(scope="module")
 def demo_a(tmp_path_factory):
-    return run_demo(tmp_path_factory.mktemp("a"), seed=3, quick=True, show_progress=False)
+    return run_demo(tmp_path_factory.mktemp("a"), seed=3, quick=True, show_progress=False,
+                    stages=("data",))
 
 
 def test_same_seed_same_store_other_seed_differs(demo_a, tmp_path):
-    b = run_demo(tmp_path / "b", seed=3, quick=True, show_progress=False)
+    b = run_demo(tmp_path / "b", seed=3, quick=True, show_progress=False, stages=("data",))
     c = generate_demo_inputs(tmp_path / "c", seed=4, quick=True, show_progress=False)
     ca, cb = _contents(demo_a["store"]), _contents(b["store"])
     assert ca.keys() == cb.keys() and all(ca[k] == cb[k] for k in ca)
@@ -86,13 +87,26 @@ def test_store_layout_and_truth(demo_a):
     assert by_type["epithelial"] > 1.8 * by_type["lymphocyte"]
 
 
-def test_cli_demo_and_info_describe_every_dataset(tmp_path):
+def test_cli_demo_end_to_end_and_info_describe_every_dataset(tmp_path):
+    """The whole quick demo: ingest -> embed -> compare -> explain, then `tabst info`."""
     from tabst_cli.app import app
 
     r = CliRunner().invoke(app, ["demo", "--out", str(tmp_path / "d"), "--quick", "--seed", "1"])
     assert r.exit_code == 0, r.output
     store = tmp_path / "d" / "store.h5"
-    assert f"store: {store}" in r.output
+    run = tmp_path / "d" / "run"
+    out = " ".join(r.output.split())
+    assert f"store: {store}" in out
+    assert f"compare report: {run / 'report.html'}" in out
+    assert f"explain report: {run / 'explain.html'}" in out and "demo wall time" in out
+    for name in ("leaderboard.csv", "predictions.h5", "report.html", "explain.html",
+                 "attributions.h5", "driver_check.json"):
+        assert (run / name).stat().st_size > 0, name
+    html = (run / "report.html").read_text()
+    assert "random" in html.lower()  # random encoder weights are announced
+    chk = json.loads((run / "driver_check.json").read_text())
+    assert {g["gene"] for g in chk["genes"]} == set(DRIVER_GENES)
+    assert chk["best_model"] in chk["models"]
     r2 = CliRunner().invoke(app, ["demo", "--out", str(tmp_path / "d"), "--quick"])
     assert r2.exit_code == 1 and "--force" in r2.output
     info = CliRunner().invoke(app, ["info", str(store), "--json"])
@@ -100,7 +114,8 @@ def test_cli_demo_and_info_describe_every_dataset(tmp_path):
     items = json.loads(info.output)["items"]
     datasets = [it for it in items if it["kind"] == "dataset"]
     assert {d["path"] for d in datasets} >= {"/cells/cell_id", "/cells/x", "/expression/X",
-                                             "/expression/genes"}
+                                             "/expression/genes", "/features/morphology",
+                                             "/embeddings/resnet50_layer3_p32_random"}
     assert all(d["attrs"].get("description") for d in datasets)
     text = CliRunner().invoke(app, ["info", str(store)])
     assert text.exit_code == 0

@@ -10,6 +10,7 @@ import warnings
 
 import h5py
 import numpy as np
+import pandas as pd
 import pytest
 from conftest import write_tiny_store
 from typer.testing import CliRunner
@@ -33,6 +34,7 @@ from tabst.explain.grouping import (
     readable_importance,
 )
 from tabst.models import REGISTRY, make_model
+from tabst.explain import top_readable_feature
 
 try:
     import torch
@@ -276,6 +278,15 @@ def test_run_explain_outputs(tiny_run, explained):
             groups = set(g["groups"].asstr()[()])
             assert {"embedding", "morphology", "stain", "position"} <= groups
         assert "mask_aggregate" in f["tabnet"] and "mask_steps" in f["tabnet"]
+        # each gene's panels use the explained model with the best gene-wise Pearson on it
+        genes = [str(g) for g in f.attrs["genes"]]
+        per_gene = [str(m) for m in f.attrs["best_model_per_gene"]]
+        explained_models = list(f.keys())
+    pg = pd.read_csv(run / "per_gene.csv")
+    for gene, model in zip(genes, per_gene):
+        sc = pg[(pg.gene == gene) & pg.model.isin(explained_models)]
+        assert sc.set_index("model").pearson_mean[model] == sc.pearson_mean.max()
+        assert top_readable_feature(run, gene) == top_readable_feature(run, gene, model)
     html = explained.read_text()
     # the reloaded fold models reproduced predictions.h5 (else a warning is shown)
     assert "differ from predictions.h5" not in html

@@ -38,7 +38,9 @@ class ReportInputs:
     Attributes
     ----------
     run_name : str
-    best_model : name of the model whose explanation drives the per-gene panels.
+    best_model : the best model overall (leaderboard order).
+    best_per_gene : ``{gene: model}``, the explained model with the highest gene-wise Pearson for
+        that gene; its explanation drives that gene's panels (falls back to ``best_model``).
     mode_text : one paragraph saying which models explained which cells.
     scores : ``{model: {gene: gene-wise Pearson}}`` (optional, for captions).
     mean_scores : ``{model: mean gene-wise Pearson}`` (optional).
@@ -51,6 +53,7 @@ class ReportInputs:
 
     run_name: str = ""
     best_model: str = ""
+    best_per_gene: dict = field(default_factory=dict)
     mode_text: str = ""
     scores: dict = field(default_factory=dict)
     mean_scores: dict = field(default_factory=dict)
@@ -113,7 +116,8 @@ def _fmt(v, spec="{:.3f}") -> str:
 
 
 def _gene_section(gene: str, results: dict, inp: ReportInputs, level: int) -> dict:
-    best = results[inp.best_model]
+    model = inp.best_per_gene.get(gene, inp.best_model)
+    best = results[model]
     gi = best.gene_index(gene)
     groups = ordered_groups(best.groups)
     by_model = {}
@@ -122,8 +126,8 @@ def _gene_section(gene: str, results: dict, inp: ReportInputs, level: int) -> di
             continue
         gs, imp = group_importance(r.values[:, :, [r.gene_index(gene)]], r.groups, groups)
         by_model[name] = group_shares(imp)[:, 0]
-    score = inp.scores.get(inp.best_model, {}).get(gene)
-    sec = {"name": gene, "group_bars": plots.group_bars(groups, by_model,
+    score = inp.scores.get(model, {}).get(gene)
+    sec = {"name": gene, "model": model, "group_bars": plots.group_bars(groups, by_model,
                                                        "share of mean |attribution| per group"),
            "beeswarm": None, "dependence": None, "spatial": None, "top_feature": None,
            "readable": [], "gallery": [], "rules": None, "rules_note": "", "correlated": ""}
@@ -139,12 +143,12 @@ def _gene_section(gene: str, results: dict, inp: ReportInputs, level: int) -> di
                  else np.full(vals.shape, np.nan))
         sec["beeswarm"] = plots.beeswarm(vals, feats, [r["feature"] for r in readable],
                                          [r["group"] for r in readable],
-                                         f"{gene}: named features ({inp.best_model})")
+                                         f"{gene}: named features ({model})")
         f0 = top["index"]
         if best.inputs is not None:
             sec["dependence"] = plots.dependence(best.inputs[:, f0], best.values[:, f0, gi],
                                                  best.sample, top["feature"],
-                                                 f"{gene} ({inp.best_model})")
+                                                 f"{gene} ({model})")
         if best.x is not None and best.y is not None and level < 3:
             sec["spatial"] = plots.spatial_maps(best.x, best.y, best.values[:, f0, gi], best.sample,
                                                 f"attribution of {top['feature']} to {gene}")
@@ -154,8 +158,8 @@ def _gene_section(gene: str, results: dict, inp: ReportInputs, level: int) -> di
     _, imp = group_importance(best.values[:, :, [gi]], best.groups, groups)
     share = group_shares(imp)[:, 0]
     top_group = groups[int(np.argmax(share))] if len(groups) else "–"
-    parts = [f"{inp.best_model}: gene-wise Pearson {_fmt(score)}" if score is not None
-             else f"{inp.best_model}", f"largest group: {top_group} "
+    parts = [f"{model}: gene-wise Pearson {_fmt(score)}" if score is not None
+             else f"{model}", f"largest group: {top_group} "
              f"({share.max() * 100:.0f}% of |attribution|)" if len(groups) else ""] + tops
     sec["summary"] = " · ".join(p for p in parts if p)
     # gallery

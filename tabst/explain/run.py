@@ -149,6 +149,21 @@ def choose_best(run: Run, models: Sequence[str]) -> str:
     raise TabstError("none of the chosen models is in the leaderboard.")
 
 
+def best_per_gene(run: Run, models: Sequence[str], genes: Sequence[str], default: str) -> dict:
+    """For each gene, the model (of ``models``) with the highest gene-wise Pearson on it.
+
+    Ties and genes without a finite score go to ``default`` (the best model overall)."""
+    scores = {m: run.gene_scores(m) for m in models}
+    out = {}
+    for g in genes:
+        cand = [(float(scores[m].get(g, np.nan)), m) for m in models]
+        cand = [(v, m) for v, m in cand if np.isfinite(v)]
+        top = max((v for v, _ in cand), default=None)
+        winners = [m for v, m in cand if v == top]
+        out[g] = default if (not winners or default in winners) else winners[0]
+    return out
+
+
 def choose_genes(run: Run, best: str, genes: Sequence[str] | None, top_genes: int) -> list[str]:
     """Named genes (validated) + the best model's ``top_genes`` genes by gene-wise Pearson."""
     all_genes = run.genes()
@@ -349,7 +364,8 @@ def explain_run(run_dir, *, genes: Sequence[str] | None = None, top_genes: int =
                        "neighbours in the training data; scores and explanations are optimistic.")
     store_rows = {str(c): int(r) for k in folds
                   for c, r in zip(fold_cells[k]["cell_id"], fold_cells[k]["row"])}
-    info = {"best_model": best, "genes": genes, "mode_text": mode, "warnings": warn,
+    info = {"best_model": best, "genes": genes, "mode_text": mode,
+            "best_per_gene": best_per_gene(run, models, genes, best), "warnings": warn,
             "store_rows": store_rows,
             "store": str(store_path), "run": run, "refit": refit, "folds": folds}
     return results, info
@@ -472,15 +488,17 @@ def run_explain(run_dir, genes: Sequence[str] | None = None, top_genes: int = DE
     run: Run = info["run"]
     genes = info["genes"]
     best = info["best_model"]
+    per_gene = info["best_per_gene"]
     write_attributions(run.dir / "attributions.h5", list(results.values()),
                        attrs={"best_model": best, "genes": list(genes),
+                              "best_model_per_gene": [per_gene[g] for g in genes],
                               "mode": "refit" if refit else "fold models",
                               "run": str(run.dir.resolve())})
-    # patch gallery: extreme predictions of the best model
+    # patch gallery: extreme predictions of each gene's best model (same cells for every model)
     b = results[best]
     want = {}
-    for j in range(len(genes)):
-        hi, lo = extreme_cells(b.prediction[:, j], gallery)
+    for j, g in enumerate(genes):
+        hi, lo = extreme_cells(results[per_gene[g]].prediction[:, j], gallery)
         for i in hi + lo:
             want[i] = True
     idx = sorted(want)
@@ -498,7 +516,8 @@ def run_explain(run_dir, genes: Sequence[str] | None = None, top_genes: int = DE
                                     + "; ".join(sorted({str(w.message) for w in wl})[:3]))
         patches = {str(b.cell_id[i]): p for i, p in zip(idx, ps)}
     inp = ReportInputs(
-        run_name=run.dir.name, best_model=best, mode_text=info["mode_text"],
+        run_name=run.dir.name, best_model=best, best_per_gene=per_gene,
+        mode_text=info["mode_text"],
         scores={m: run.gene_scores(m) for m in results},
         mean_scores={m: run.mean_score(m) for m in results},
         banner=run.random_weights_banner(), warnings=info["warnings"],
@@ -511,8 +530,9 @@ def top_readable_feature(source, gene: str, model: str | None = None) -> str:
     """The named (non-embedding) feature with the largest mean |attribution| for ``gene``.
 
     ``source``: a run folder (reads its ``attributions.h5``), an ``attributions.h5`` path, or a
-    ``{model: ModelAttributions}`` dict. ``model`` defaults to the best model recorded in the
-    file (the one the report's per-gene panels use).
+    ``{model: ModelAttributions}`` dict. ``model`` defaults to the gene's best model recorded in
+    the file (highest gene-wise Pearson on that gene; the one the report's panels use), else the
+    best model overall.
     """
     return readable_ranking(source, gene, model, top=1)[0]["feature"]
 
@@ -521,6 +541,8 @@ def readable_ranking(source, gene: str, model: str | None = None, top: int | Non
     """Named features ranked for ``gene`` (see :func:`top_readable_feature`): list of dicts
     ``{feature, group, index, importance, mean_attribution}``."""
     import h5py
+
+    from ..store import get_str_list
 
     best = None
     if isinstance(source, dict):
@@ -532,6 +554,10 @@ def readable_ranking(source, gene: str, model: str | None = None, top: int | Non
         results = read_attributions(p)
         with h5py.File(p, "r") as f:
             best = f.attrs.get("best_model")
+            if "best_model_per_gene" in f.attrs:
+                per_gene = dict(zip(get_str_list(f, "genes"),
+                                    get_str_list(f, "best_model_per_gene")))
+                best = per_gene.get(gene, best)
     if model is None:
         model = str(best) if best else next(iter(results))
     if model not in results:
