@@ -6,10 +6,13 @@
 Data: float32 X [rows, features] (correlated, like embedding channels), Y [rows, targets] from a
 low-rank linear map with gene-specific signal-to-noise (so genes prefer different α), rows split
 into ``samples`` equal samples. Timed: ``sklearn.linear_model.Ridge(alpha=1.0).fit(X, Y)`` (solver
-auto → Cholesky) and ``tabst.models.RidgeModel().fit(X, Y, groups)`` (17 α × 8 sample-folds,
-grouped CV, final refit, median imputer included). Goal: tabst ≤ 3 × the single sklearn fit.
-On a shared machine prefer ``--threads 1`` (oversubscribed BLAS threads distort both timings)
-and read ``cpu_ratio`` (process CPU time) beside the wall-clock ``ratio``.
+auto → Cholesky, float32 BLAS on float32 input) and ``tabst.models.RidgeModel().fit(X, Y,
+groups)`` (default 13 α × 8 sample-folds, grouped CV, final refit, median imputer included;
+``--precision`` picks its accumulation arithmetic, default float32 like sklearn's). Both run
+under the same BLAS thread limit. Goal: tabst ≤ 3 × the single sklearn fit.
+On a shared machine prefer ``--threads 1``: oversubscribed OpenBLAS threads spin, and LAPACK's
+eigensolver (many small level-2 calls) can then slow down tenfold; read ``cpu_ratio`` (process
+CPU time) beside the wall-clock ``ratio``.
 Ends with one JSON line.
 """
 from __future__ import annotations
@@ -44,6 +47,8 @@ def main(argv=None):
     ap.add_argument("--targets", type=int, default=460)
     ap.add_argument("--samples", type=int, default=8)
     ap.add_argument("--threads", type=int, default=0, help="BLAS threads (0 = library default)")
+    ap.add_argument("--precision", default="float32", choices=["float32", "float64"],
+                    help="tabst ridge accumulation arithmetic")
     a = ap.parse_args(argv)
     from sklearn.linear_model import Ridge
     from threadpoolctl import threadpool_limits
@@ -58,7 +63,7 @@ def main(argv=None):
     Ridge(alpha=1.0).fit(X, Y)
     sk, sk_cpu = time.perf_counter() - t0, time.process_time() - c0
     print(f"sklearn Ridge(alpha=1.0) fixed α: {sk:.2f} s wall, {sk_cpu:.2f} s CPU", file=sys.stderr)
-    m = RidgeModel(cv=a.samples)
+    m = RidgeModel(cv=a.samples, precision=a.precision)
     t0, c0 = time.perf_counter(), time.process_time()
     m.fit(X, Y, groups)
     ts, ts_cpu = time.perf_counter() - t0, time.process_time() - c0
@@ -75,7 +80,8 @@ def main(argv=None):
            "sklearn_fixed_alpha_s": round(sk, 3), "tabst_per_gene_alpha_cv_s": round(ts, 3),
            "ratio": round(ratio, 2), "sklearn_fixed_alpha_cpu_s": round(sk_cpu, 3),
            "tabst_cpu_s": round(ts_cpu, 3), "cpu_ratio": round(cpu_ratio, 2),
-           "blas_threads": a.threads or "default", "peak_mem_mb": round(m.peak_mem_mb_, 1),
+           "blas_threads": a.threads or "default", "precision": a.precision,
+           "peak_mem_mb": round(m.peak_mem_mb_, 1),
            "distinct_alphas_chosen": int(len(np.unique(m.alpha_))),
            "goal": "tabst per-gene α (>=13 α x 8 sample-folds) <= 3x one sklearn fixed-α fit",
            "met": bool(ratio <= 3.0 and n_alpha >= 13 and n_folds >= 8)}

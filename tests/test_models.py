@@ -142,7 +142,7 @@ def test_ridge_matches_brute_force():
     Y = (X @ (W / X.std(0)[:, None]) + rng.normal(size=(n, G)) * rng.uniform(0.3, 3, G))
     Y = Y.astype(np.float32)
     alphas = np.logspace(-3, 5, 13)
-    m = RidgeModel(alphas=list(alphas)).fit(X, Y, groups)
+    m = RidgeModel(alphas=list(alphas), precision="float64").fit(X, Y, groups)
     assert m.cv_kind_ == "grouped" and len(m.cv_fold_groups_) == 5
     ref = _brute_force(X, Y, groups, m.cv_fold_groups_, alphas)
     np.testing.assert_allclose(m.cv_fold_mse_, ref, rtol=1e-6)
@@ -163,7 +163,7 @@ def test_ridge_matches_brute_force():
                                    rtol=1e-5, atol=1e-4)
 
     # more samples than cv folds → balanced grouped folds, still exact
-    m8 = RidgeModel(alphas=list(alphas), cv=3).fit(X, Y, groups)
+    m8 = RidgeModel(alphas=list(alphas), cv=3, precision="float64").fit(X, Y, groups)
     assert len(m8.cv_fold_groups_) == 3
     np.testing.assert_allclose(m8.cv_fold_mse_,
                                _brute_force(X, Y, groups, m8.cv_fold_groups_, alphas), rtol=1e-6)
@@ -173,9 +173,59 @@ def test_ridge_matches_brute_force():
         for s in range(0, n, 37):
             yield X[s:s + 37], Y[s:s + 37], groups[s:s + 37]
 
-    ms = RidgeModel(alphas=list(alphas)).fit_batches(batches())
+    ms = RidgeModel(alphas=list(alphas), precision="float64").fit_batches(batches())
     np.testing.assert_allclose(ms.cv_fold_mse_, m.cv_fold_mse_, rtol=1e-9)
     np.testing.assert_allclose(ms.predict(X), m.predict(X), rtol=1e-6, atol=1e-6)
+
+
+def test_ridge_float32_accumulation_close_to_exact():
+    """Default precision: XᵀX / XᵀY summed by single-precision BLAS on shifted data."""
+    rng = np.random.default_rng(5)
+    n, F, G = 400, 12, 8
+    X = (rng.normal(size=(n, F)) * rng.uniform(0.5, 20, F) + rng.uniform(-500, 500, F))
+    X = X.astype(np.float32)
+    groups = np.repeat(list("abcdef"), [80, 60, 70, 50, 70, 70])
+    W = rng.normal(size=(F, G)) * rng.uniform(0.0, 2.0, G)
+    Y = (X @ (W / X.std(0)[:, None]) + rng.normal(size=(n, G)) * rng.uniform(0.3, 3, G) + 40)
+    Y = Y.astype(np.float32)
+    alphas = list(np.logspace(-3, 5, 13))
+    m32 = RidgeModel(alphas=alphas, cv=4).fit(X, Y, groups)
+    m64 = RidgeModel(alphas=alphas, cv=4, precision="float64").fit(X, Y, groups)
+    assert m32.params["precision"] == "float32"
+    ref = _brute_force(X, Y, groups, m32.cv_fold_groups_, alphas)
+    np.testing.assert_allclose(m64.cv_fold_mse_, ref, rtol=1e-6)
+    # float32 sums: errors of order eps32 × the gene's variance (not × its held-out error)
+    scale = 1e-5 * Y.astype(np.float64).var(axis=0)
+    assert np.all(np.abs(m32.cv_fold_mse_ - ref) <= scale)
+    # a different α only where the two were tied to that round-off
+    i32 = np.searchsorted(alphas, m32.alpha_)
+    i64 = np.searchsorted(alphas, m64.alpha_)
+    cols = np.arange(G)
+    assert np.all(m64.cv_mse_[i32, cols] - m64.cv_mse_[i64, cols] <= scale)
+    np.testing.assert_allclose(m32.predict(X), m64.predict(X), rtol=1e-4, atol=1e-3)
+    with pytest.raises(TabstError, match="precision"):
+        RidgeModel(precision="float16").fit(X, Y, groups)
+
+
+def test_ridge_quad_forms_partial_fractions_exact():
+    """All-α quadratic forms by partial fractions == direct evaluation, also for (near-)equal λ."""
+    from tabst.models.ridge import _band, _dense_quad, _pf_quad, _quad_forms
+
+    rng = np.random.default_rng(1)
+    F, G = 40, 7
+    lam = np.sort(np.concatenate([np.zeros(3), [5.0, 5.0, 5.0 + 1e-9, 5.0 + 1e-4],
+                                  rng.uniform(0, 1e4, F - 7)]))
+    Z = rng.normal(size=(60, F)) * rng.uniform(0.1, 3, F)
+    Q = Z.T @ Z
+    Bt = rng.normal(size=(F, G)) * 10.0 ** rng.uniform(-2, 2, (F, 1))
+    alphas = np.logspace(-3, 7, 11)
+    D = 1.0 / (lam[None, :] + alphas[:, None])
+    ref = np.einsum("af,fg,fh,ah,hg->ag", D, Bt, Q, D, Bt)
+    np.testing.assert_allclose(_dense_quad(Q, D, Bt), ref, rtol=1e-10)
+    bw = _band(lam, alphas[-1])
+    assert 1 <= bw < F - 1       # the equal / close eigenvalues are summed directly
+    np.testing.assert_allclose(_pf_quad(Q, lam, D, Bt, bw), ref, rtol=1e-8)
+    np.testing.assert_allclose(_quad_forms(Q, lam, alphas, Bt), ref, rtol=1e-8)
 
 
 def test_ridge_single_group_falls_back_to_row_folds():

@@ -39,7 +39,7 @@ from ..codec import codec_from_state, make_codec
 from ..errors import TabstError
 
 COMMON_DEFAULTS = {"codec": "identity", "codec_k": 32, "seed": 0}
-IMPUTE_MAX_ROWS = 20000
+IMPUTE_MAX_ROWS = 4096
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """Ridge regression with α chosen per gene by grouped CV, exactly, in one pass over the data.
 
-How (all float64):
+How:
 
 1. Rows are assigned to CV folds by sample (``groups``): leave-one-sample-out when there are at
    most ``cv`` samples, else ``cv`` folds of whole samples balanced by row count (the
@@ -8,15 +8,25 @@ How (all float64):
    a single group, rows are shuffled (``seed``) into ``cv`` folds — a cell-level CV, whose α
    choice is optimistic (spatial neighbours sit on both sides); ``cv_kind_`` records which.
 2. One pass over the rows accumulates, per fold, the sufficient statistics
-   n, Σx, Σy, XᵀX (``dsyrk``), XᵀY and Σy² (per gene). From in-memory arrays (:meth:`fit`) or
-   from batches (:meth:`fit_batches`, e.g. built from :func:`tabst.store.iter_batches`).
-3. For each fold, the training statistics are the totals minus the fold's; the fold is centred
-   and standardised with *its own* training sums (population std as ``StandardScaler``; a
-   constant feature gets scale 1 and contributes nothing), the standardised Gram matrix is
-   eigendecomposed once (``C = V Λ Vᵀ``), and for every α the held-out sum of squared errors of
-   every gene follows in closed form from the held-out fold's statistics:
-   ``SSE = Σ(y−ȳ)² − 2 Σ_i d_i P_i B_i + Wᵀ M W`` with ``B = Vᵀ Xᵀy``, ``d = 1/(λ+α)``,
-   ``W = V diag(d) B`` (no second pass, no per-α solve).
+   n, Σx, Σy, XᵀX, XᵀY and Σy² (per gene) of the data shifted by a fixed per-column offset c
+   (the first batch's means, the same for every fold, so that centring later does not cancel
+   digits). Sums are float64; the two big products are computed per batch by BLAS in
+   ``precision``: "float32" (default; the input is float32, and this is what sklearn's ``Ridge``
+   does with it — held-out MSEs then agree with the float64 path to ~1e-5 of each gene's
+   variance) or "float64" (exact to float64 round-off, 1e-6 relative vs brute force; ~2× slower
+   accumulation). From in-memory arrays (:meth:`fit`) or from batches (:meth:`fit_batches`,
+   e.g. built from :func:`tabst.store.iter_batches`).
+3. For each fold (all float64 from here), the training statistics are the totals minus the
+   fold's; the fold is centred and standardised with *its own* training sums (population std as
+   ``StandardScaler``; a constant feature gets scale 1 and contributes nothing), the
+   standardised Gram matrix is eigendecomposed once (``C = V Λ Vᵀ``), and for every α the
+   held-out sum of squared errors of every gene follows in closed form from the held-out fold's
+   statistics: ``SSE = Σ(y−ȳ)² − 2 Σ_i d_i P_i B_i + Σ_ij B_i d_i Q_ij d_j B_j`` with
+   ``B = Vᵀ Xᵀy``, ``P = Vᵀ X_valᵀ y_val``, ``Q = Vᵀ X_valᵀ X_val V``, ``d = 1/(λ+α)`` (no
+   second pass, no per-α solve). The quadratic term, naively F²·G work per α, is done for all α
+   at once by partial fractions, ``d_i d_j = (d_i − d_j)/(λ_j − λ_i)``: one F×F×G product per
+   fold; eigenvalue pairs too close for that to be accurate are summed directly
+   (:func:`_pf_quad`, :func:`_quad_forms`).
 4. α per gene = argmin of the pooled held-out MSE (Σ_folds SSE / Σ_folds n; ties → the smallest
    α). A final eigendecomposition of the all-training statistics gives the coefficients with
    each gene's α.
@@ -38,41 +48,54 @@ DEFAULT_ALPHAS = tuple(np.logspace(-1, 7, 13).tolist())
 
 
 class _Stats:
-    """Sufficient statistics of one block of rows (a fold, or a group while streaming)."""
+    """Sufficient statistics of one block of rows (a fold, or a group while streaming).
 
-    __slots__ = ("n", "sx", "sy", "xx", "xy", "yy")
+    Everything is about data shifted by a fixed offset (``shift_x`` [F], ``shift_y`` [G], the
+    same for every block of one fit): Σ(x−c), Σ(x−c)(x−c)ᵀ, ... Sums are float64; the two big
+    products XᵀX and XᵀY are computed per batch in ``dtype`` (float32 → single-precision BLAS, as
+    sklearn does for float32 input; the shift keeps centring from cancelling) and added to the
+    float64 totals. Centred statistics, all that is used downstream, do not depend on the shift.
+    """
 
-    def __init__(self, F: int, G: int):
+    __slots__ = ("n", "sx", "sy", "xx", "xy", "yy", "shift_x", "shift_y", "dtype")
+
+    def __init__(self, F: int, G: int, shift_x=None, shift_y=None, dtype=np.float64):
         self.n = 0
         self.sx = np.zeros(F)
         self.sy = np.zeros(G)
-        self.xx = np.zeros((F, F), order="F")  # upper triangle while accumulating
+        self.xx = np.zeros((F, F))  # full symmetric
         self.xy = np.zeros((F, G))
         self.yy = np.zeros(G)
+        self.shift_x = np.zeros(F) if shift_x is None else shift_x
+        self.shift_y = np.zeros(G) if shift_y is None else shift_y
+        self.dtype = dtype
 
     def add(self, X, Y):
-        from scipy.linalg.blas import dsyrk
+        dt = self.dtype
+        Xc = np.asarray(X, dtype=dt) - self.shift_x.astype(dt)
+        Yc = np.asarray(Y, dtype=dt) - self.shift_y.astype(dt)
+        self.n += Xc.shape[0]
+        self.sx += Xc.sum(axis=0, dtype=np.float64)
+        self.sy += Yc.sum(axis=0, dtype=np.float64)
+        self.xx += Xc.T @ Xc          # numpy → BLAS syrk (symmetric result)
+        self.xy += Xc.T @ Yc
+        self.yy += np.einsum("ij,ij->j", Yc, Yc, dtype=np.float64)
 
-        Xd = np.ascontiguousarray(X, dtype=np.float64)
-        Yd = np.asarray(Y, dtype=np.float64)
-        self.n += Xd.shape[0]
-        self.sx += Xd.sum(axis=0)
-        self.sy += Yd.sum(axis=0)
-        # Xd.T is Fortran-ordered [F, n]: dsyrk(a) = a aᵀ = XᵀX, upper triangle, in place
-        self.xx = dsyrk(1.0, Xd.T, beta=1.0, c=self.xx, trans=0, lower=0, overwrite_c=1)
-        self.xy += Xd.T @ Yd
-        self.yy += np.einsum("ij,ij->j", Yd, Yd)
+    def _like(self) -> "_Stats":
+        out = _Stats.__new__(_Stats)
+        out.shift_x, out.shift_y, out.dtype = self.shift_x, self.shift_y, self.dtype
+        return out
 
     def merged(self, other: "_Stats") -> "_Stats":
-        out = _Stats(0, 0)
+        out = self._like()
         out.n = self.n + other.n
         out.sx, out.sy = self.sx + other.sx, self.sy + other.sy
-        out.xx = np.asfortranarray(self.xx + other.xx)
+        out.xx = self.xx + other.xx
         out.xy, out.yy = self.xy + other.xy, self.yy + other.yy
         return out
 
     def minus(self, other: "_Stats") -> "_Stats":
-        out = _Stats(0, 0)
+        out = self._like()
         out.n = self.n - other.n
         out.sx, out.sy = self.sx - other.sx, self.sy - other.sy
         out.xx = self.xx - other.xx
@@ -80,9 +103,16 @@ class _Stats:
         return out
 
     def full_xx(self) -> np.ndarray:
-        """Symmetric XᵀX from the accumulated upper triangle."""
-        U = np.triu(self.xx)
-        return U + np.triu(U, 1).T
+        """Symmetric Σ(x−c)(x−c)ᵀ."""
+        return self.xx
+
+
+def _shifts(X, Y, dt):
+    """Per-column offsets (means of a first batch), exactly representable in ``dt``."""
+    X = np.asarray(X, dtype=np.float64)
+    Y = np.asarray(Y, dtype=np.float64)
+    return (X.mean(axis=0).astype(dt).astype(np.float64),
+            Y.mean(axis=0).astype(dt).astype(np.float64))
 
 
 def _standardised(tr: _Stats):
@@ -93,7 +123,9 @@ def _standardised(tr: _Stats):
     C = XX - n * np.outer(mx, mx)
     var = np.diag(C) / n
     ex2 = np.diag(XX) / n
-    const = var <= 1e-10 * np.maximum(ex2, 1e-300)
+    # constant in training: variance at round-off level of E[(x−c)²] (products summed in tr.dtype)
+    tol = 1e-10 if tr.dtype == np.float64 else 1e-5
+    const = var <= tol * np.maximum(ex2, 1e-300)
     s = np.sqrt(np.where(const, 1.0, var))
     b = (tr.xy - n * np.outer(mx, my)) / s[:, None]
     Cs = C / np.outer(s, s)
@@ -112,7 +144,9 @@ class RidgeModel(TabstModel):
     alphas : list of float or None (default None → 13 values ``logspace(-1, 7)``, two per
         three decades; α is on the sum scale, so it grows with the rows). Any number ≥ 1.
     cv : int, 8. Maximum number of CV folds (folds = samples when there are ≤ cv samples).
-    batch_rows : int, 8192. Rows converted to float64 at a time while accumulating.
+    batch_rows : int, 8192. Rows per BLAS product while accumulating.
+    precision : "float32" (default) | "float64". Arithmetic of the per-batch XᵀX / XᵀY products
+        (sums are float64 either way); "float64" for results exact to float64 round-off.
     codec : "identity" (default) | "pca";  codec_k : 32;  seed : 0 (row folds without groups).
 
     Attributes
@@ -130,7 +164,7 @@ class RidgeModel(TabstModel):
     """
 
     name = "ridge"
-    DEFAULTS = {"alphas": None, "cv": 8, "batch_rows": 8192}
+    DEFAULTS = {"alphas": None, "cv": 8, "batch_rows": 8192, "precision": "float32"}
 
     # --- folds -------------------------------------------------------------------------------
     def _alphas(self) -> np.ndarray:
@@ -165,6 +199,12 @@ class RidgeModel(TabstModel):
         fold[perm] = np.arange(n) % k
         return fold
 
+    def _accum_dtype(self):
+        p = self.params["precision"]
+        if p not in ("float32", "float64"):
+            raise TabstError(f"ridge: precision must be 'float32' or 'float64', got {p!r}.")
+        return np.float32 if p == "float32" else np.float64
+
     # --- fitting -----------------------------------------------------------------------------
     def _fit(self, X, Z, groups):
         n, F = X.shape
@@ -182,8 +222,10 @@ class RidgeModel(TabstModel):
             self.cv_kind_ = "rows"
             nf = int(fold.max()) + 1
             self.cv_fold_groups_ = [[f"rows fold {f}"] for f in range(nf)]
-        stats = [_Stats(F, G) for _ in range(nf)]
         br = int(self.params["batch_rows"])
+        dt = self._accum_dtype()
+        sx, sy = _shifts(X[:br], Z[:br], dt)
+        stats = [_Stats(F, G, sx, sy, dt) for _ in range(nf)]
         order = np.argsort(fold, kind="stable")
         bounds = np.searchsorted(fold[order], np.arange(nf + 1))
         for f in range(nf):
@@ -226,10 +268,13 @@ class RidgeModel(TabstModel):
                     raise TabstError("ridge.fit_batches: Y holds NaN/inf; stream only rows with "
                                      "expression (tabst.dataset.rows_with_expression).")
                 g = np.asarray(g) if g is not None else np.zeros(X.shape[0], dtype=object)
+                if not per_group:
+                    dt = self._accum_dtype()
+                    sx, sy = _shifts(X, Y, dt)
                 for key in np.unique(g):
                     m = g == key
                     if key not in per_group:
-                        per_group[key] = _Stats(F, G)
+                        per_group[key] = _Stats(F, G, sx, sy, dt)
                     per_group[key].add(X[m], Y[m])
             if F is None:
                 raise TabstError("ridge.fit_batches: no rows.")
@@ -285,7 +330,8 @@ class RidgeModel(TabstModel):
         lam, V = _eigh(Cs)
         Bt = V.T @ b
         self.coef_ = V @ (Bt / (lam[:, None] + self.alpha_[None, :]))
-        self.mean_x_, self.scale_x_, self.mean_y_ = mx, s, my
+        self.mean_x_, self.scale_x_ = mx + total.shift_x, s
+        self.mean_y_ = my + total.shift_y
 
     # --- prediction / explanation ---------------------------------------------------------------
     def _predict(self, X):
@@ -319,12 +365,15 @@ def _eigh(C):
     return np.clip(lam, 0.0, None), V
 
 
-def _quad_forms(Q, D, Bt):
-    """``quad[a, g] = w_agᵀ Q w_ag`` with ``w_ag = D[a] ⊙ Bt[:, g]``, for PSD ``Q``.
+_PF_TOL = 1e-7  # partial fractions only for eigenvalue pairs with |λi−λj| > tol·(λ + α_max)
+
+
+def _dense_quad(Q, D, Bt):
+    """``quad[a, g] = w_agᵀ Q w_ag`` with ``w_ag = D[a] ⊙ Bt[:, g]``, for PSD ``Q`` (direct).
 
     Pivoted Cholesky ``P Q Pᵀ = L Lᵀ`` (LAPACK ``dpstrf``; pivots below F·eps·max diag are
     dropped, an error of that order) turns each form into ``‖Lᵀ P w‖²``, evaluated for all α and
-    genes at once with one triangular multiply (``dtrmm``: half the flops of a dense product).
+    genes at once with one triangular multiply (``dtrmm``): F²·G flops per α.
     """
     from scipy.linalg.blas import dtrmm
     from scipy.linalg.lapack import dpstrf
@@ -350,20 +399,83 @@ def _quad_forms(Q, D, Bt):
     return quad
 
 
+def _band(lam: np.ndarray, alpha_max: float) -> int:
+    """Largest index distance of an eigenvalue pair too close for partial fractions."""
+    F = lam.shape[0]
+    hi = (lam + _PF_TOL * alpha_max) / (1.0 - _PF_TOL)
+    j = np.searchsorted(lam, hi, side="right") - 1
+    return int(max(0, np.max(j - np.arange(F))))
+
+
+def _pf_quad(Q, lam, D, Bt, bw):
+    """Same forms as :func:`_dense_quad`, for all α at once, by partial fractions.
+
+    ``quad_g(α) = Σ_ij H_ij d_i d_j`` with ``H = diag(B_g) Q diag(B_g)``, ``d_i = 1/(λ_i+α)``.
+    For ``i ≠ j``, ``d_i d_j = (d_i − d_j)/(λ_j − λ_i)``, so the far pairs sum to
+    ``2 Σ_i d_i B_ig (K B_g)_i`` with ``K_ij = Q_ij/(λ_j − λ_i)``: one F×F×G product, whatever
+    the number of α. A pair's rounding error is amplified by at most ``(λ_j+α)/|λ_j−λ_i|``, so
+    pairs with ``|λ_j−λ_i| ≤ tol·(λ_j+α_max)`` (eigenvalues sorted: index distance ≤ ``bw``)
+    are summed directly instead (amplification ≤ 1/tol = 1e7, i.e. ~1e-9 relative).
+    """
+    F = lam.shape[0]
+    quad = (D * D) @ (Bt * Bt * np.diag(Q)[:, None])                  # i = j
+    for o in range(1, bw + 1):                                        # near pairs, |i−j| = o
+        E = Bt[:-o] * (Bt[o:] * np.diagonal(Q, o)[:, None])
+        quad += 2.0 * ((D[:, :-o] * D[:, o:]) @ E)
+    if bw < F - 1:                                                    # far pairs
+        delta = lam[None, :] - lam[:, None]
+        idx = np.arange(F)
+        far = np.abs(idx[None, :] - idx[:, None]) > bw
+        K = np.divide(Q, delta, out=np.zeros_like(Q), where=far)
+        quad += 2.0 * (D @ (Bt * (K @ Bt)))
+    return quad
+
+
+def _quad_forms(Q, lam, alphas, Bt):
+    """``quad[a, g] = w_agᵀ Q w_ag``, ``w_ag = Bt[:, g] / (λ + α_a)``, for PSD ``Q`` (exact).
+
+    The smallest α go through :func:`_pf_quad` (cost independent of their number), the rest,
+    whose size would widen the band of near eigenvalue pairs, through :func:`_dense_quad`; the
+    split minimises a flop estimate.
+    """
+    F, G = Bt.shape
+    A = alphas.shape[0]
+    D = 1.0 / (lam[None, :] + alphas[:, None])                        # alphas ascending
+    best = (A * F * F * G, 0, 0)                                      # (cost, k, bw): all dense
+    for k in range(1, A + 1):
+        bw = _band(lam, alphas[k - 1])
+        cost = 2 * F * F * G * (bw < F - 1) + bw * (2 * k + 24) * F * G + (A - k) * F * F * G
+        if cost < best[0]:
+            best = (cost, k, bw)
+    _, k, bw = best
+    quad = np.empty((A, G))
+    if k:
+        quad[:k] = _pf_quad(Q, lam, D[:k], Bt, bw)
+    if k < A:
+        quad[k:] = _dense_quad(Q, D[k:], Bt)
+    return quad
+
+
 def _fold_sse(tr: _Stats, val: _Stats, alphas: np.ndarray) -> np.ndarray:
     """Held-out SSE [n_alphas, G] of ridge fitted on ``tr``, evaluated on ``val`` (exact)."""
     mx, s, my, Cs, b = _standardised(tr)
     lam, V = _eigh(Cs)
     Bt = V.T @ b                                          # [F, G]
     nv = val.n
-    # held-out statistics, centred with the TRAINING means and scaled with the training scale
+    # held-out statistics, centred with the TRAINING means and scaled with the training scale:
+    # M = S⁻¹ [Σ_val (x − x̄_tr)(x − x̄_tr)ᵀ] S⁻¹, taken straight into the eigenbasis as
+    # Q = Vᵀ M V = Vsᵀ XXᵥ Vs − (p uᵀ + u pᵀ), Vs = S⁻¹V, p = Vsᵀ x̄_tr, u = Vsᵀ (Σᵥx − nᵥ x̄_tr / 2)
     a = val.yy - 2.0 * my * val.sy + nv * my * my         # Σ (y − ȳ_tr)²  [G]
     xy = (val.xy - np.outer(mx, val.sy) - np.outer(val.sx, my) + nv * np.outer(mx, my)) / s[:, None]
-    M = (val.full_xx() - np.outer(mx, val.sx) - np.outer(val.sx, mx) + nv * np.outer(mx, mx))
-    M /= np.outer(s, s)
+    Vs = V / s[:, None]
+    p, u = Vs.T @ mx, Vs.T @ (val.sx - 0.5 * nv * mx)
+    Q = Vs.T @ (val.full_xx() @ Vs)                       # [F, F], PSD
+    Q -= np.outer(p, u)
+    Q -= np.outer(u, p)
+    Q += Q.T
+    Q *= 0.5
     P = V.T @ xy                                          # [F, G]
-    Q = V.T @ M @ V                                       # [F, F], PSD
     D = 1.0 / (lam[None, :] + alphas[:, None])            # [A, F]
     cross = D @ (P * Bt)                                  # [A, G]
-    quad = _quad_forms(Q, D, Bt)
+    quad = _quad_forms(Q, lam, alphas, Bt)
     return a[None, :] - 2.0 * cross + quad
