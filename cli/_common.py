@@ -8,8 +8,8 @@ from rich.console import Console
 
 from tabst.errors import TabstError
 
-console = Console()
-err_console = Console(stderr=True)
+console = Console(soft_wrap=True)  # long paths stay on one line (copyable, greppable)
+err_console = Console(stderr=True, soft_wrap=True)
 
 
 def user_errors(fn):

@@ -33,7 +33,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import shutil
 import sys
 import time
 import traceback
@@ -46,7 +45,7 @@ from .config import dump_config, load_config, model_params
 from .errors import StoreError, TabstError
 from .evaluate import METRIC_DIRECTION, METRIC_LABEL, METRICS, make_folds, mean_sd, score_fold
 from .store import now_utc, opened, put, read_strings
-from .util import progress
+from .util import atomic_dir, progress
 
 VERSION_PACKAGES = ("tabst", "numpy", "scipy", "scikit-learn", "pandas", "h5py", "xgboost", "torch",
                     "torchvision", "pytorch-tabnet", "shap", "matplotlib", "jinja2")
@@ -194,12 +193,7 @@ def run_compare(store, config=None, out=None, *, overrides=(), models=None, feat
     if out.exists() and not force:
         raise TabstError(f"{out} already exists. Pass --force to replace it, or choose another "
                          "--out.")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    try:
+    with atomic_dir(out) as tmp:
         with opened(store) as f:
             store_path = Path(f.filename).resolve()
             info = _compare_in(f, cfg, tmp, REGISTRY, FeatureBuilder, load_targets,
@@ -217,12 +211,6 @@ def run_compare(store, config=None, out=None, *, overrides=(), models=None, feat
                 _write_log(tmp, "report", traceback.format_exc())
                 run["report_error"] = traceback.format_exc().strip().splitlines()[-1]
                 (tmp / "run.json").write_text(json.dumps(run, indent=1, default=_json_default))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

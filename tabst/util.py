@@ -61,9 +61,15 @@ def progress(transient: bool = False, unit: str = "items"):
     Writes to stderr so that stdout stays clean for ``--json`` output.
     """
     from rich.console import Console
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                               TimeElapsedColumn, TimeRemainingColumn)
-    from rich.progress import ProgressColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        ProgressColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
     from rich.text import Text
 
     class Rate(ProgressColumn):
@@ -89,3 +95,26 @@ def progress(transient: bool = False, unit: str = "items"):
 def relpath_from(target, base_dir) -> str:
     """Path of ``target`` relative to ``base_dir`` (POSIX separators), for portable stores."""
     return Path(os.path.relpath(Path(target).resolve(), Path(base_dir).resolve())).as_posix()
+
+
+@contextmanager
+def atomic_dir(path):
+    """Build a folder atomically: yields a hidden temp folder beside ``path``; on success an
+    existing ``path`` is replaced by it, on any error the temp folder is removed and ``path`` is
+    left as it was."""
+    import shutil
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    try:
+        yield tmp
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

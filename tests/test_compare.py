@@ -9,15 +9,15 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from conftest import write_tiny_store
+from tabst_cli.app import app
 from typer.testing import CliRunner
 
-from conftest import write_tiny_store
 from tabst.compare import run_compare
 from tabst.config import load_config, parse_override
 from tabst.errors import TabstError
 from tabst.evaluate import cellwise_spearman, genewise_pearson, mse
 from tabst.models import REGISTRY
-from tabst_cli.app import app
 
 # tiny, fast parameters for every model of the registry
 FAST = {

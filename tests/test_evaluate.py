@@ -6,9 +6,18 @@ import pytest
 from scipy.stats import pearsonr, spearmanr
 
 from tabst.errors import TabstError
-from tabst.evaluate import (cell_spearman_scores, cellwise_spearman, genewise_pearson,
-                            genewise_pearson_detail, hierarchical_mean, make_folds, mean_sd, mse,
-                            parse_folds, score_fold)
+from tabst.evaluate import (
+    cell_spearman_scores,
+    cellwise_spearman,
+    genewise_pearson,
+    genewise_pearson_detail,
+    hierarchical_mean,
+    make_folds,
+    mean_sd,
+    mse,
+    parse_folds,
+    score_fold,
+)
 
 
 # ---------------------------------------------------------------- cell-wise Spearman

@@ -5,17 +5,18 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import subprocess
 import warnings
 
 import h5py
 import numpy as np
 import pandas as pd
 import pytest
+from chromium_probe import render_probe
 from conftest import write_tiny_store
 from typer.testing import CliRunner
 
 from tabst.errors import TabstError
+from tabst.explain import top_readable_feature
 from tabst.explain.attribution import (
     AdditivityWarning,
     ModelAttributions,
@@ -34,7 +35,6 @@ from tabst.explain.grouping import (
     readable_importance,
 )
 from tabst.models import REGISTRY, make_model
-from tabst.explain import top_readable_feature
 
 try:
     import torch
@@ -307,34 +307,9 @@ def test_report_offline_and_under_budget(explained):
         assert needle in html, needle
 
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or (
-    "/usr/bin/chromium" if shutil.os.path.exists("/usr/bin/chromium") else None)
-
-try:  # the compare engineer's probe (tests/test_report.py): errors + forced decode of every image
-    from test_report import PROBE
-except Exception:  # pragma: no cover - fall back to an equivalent probe
-    PROBE = """<script>window.__errs=[];window.addEventListener('error',function(e){
-window.__errs.push(String(e.message||(e.target&&(e.target.src||e.target.tagName))));},true);
-window.addEventListener('load',function(){var imgs=Array.prototype.slice.call(document.images),
-decoded=0,bad=[];imgs.forEach(function(i,k){if(i.complete&&i.naturalWidth>0)decoded++;
-else bad.push(k);});var d=document.createElement('pre');d.id='__probe';d.textContent=
-JSON.stringify({n:imgs.length,decoded:decoded,bad:bad,errors:window.__errs});
-document.body.appendChild(d);});</script>"""
-
-
-@pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium not installed")
 def test_report_renders_in_headless_chromium(explained, tmp_path):
     """No page errors, every image decodes, the page lays out (probe reports into the DOM)."""
-    page = tmp_path / "page.html"
-    page.write_text(explained.read_text().replace("<head>", "<head>" + PROBE, 1))
-    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-           "--disable-background-networking", "--disable-component-update", "--disable-sync",
-           "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'profile'}",
-           "--virtual-time-budget=10000", "--dump-dom", page.as_uri()]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    m = re.search(r'<pre id="__probe">(.*?)</pre>', r.stdout, re.S)
-    assert m, f"probe did not run (rc={r.returncode}): {r.stderr[-2000:]}"
-    out = json.loads(m.group(1).replace("&quot;", '"').replace("&amp;", "&"))
+    out = render_probe(explained.read_text(), tmp_path)
     assert out["errors"] == []
     assert out["n"] > 10 and out["decoded"] == out["n"], out
 

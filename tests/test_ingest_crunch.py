@@ -10,8 +10,12 @@ import pytest
 pytest.importorskip("spatialdata")
 
 from tabst.errors import InputError, TabstError
-from tabst.ingest.crunch import (EXPRESSION_TRANSFORM, ZarrSampleImage, ingest_crunch,
-                                 label_centroids)
+from tabst.ingest.crunch import (
+    EXPRESSION_TRANSFORM,
+    ZarrSampleImage,
+    ingest_crunch,
+    label_centroids,
+)
 from tabst.store import cells_frame, open_store, read_strings
 
 SIZE = 2000
@@ -268,9 +272,8 @@ def test_two_samples_prefix_ids(crunch, tmp_path):
 
 
 def test_cli(crunch, tmp_path):
-    from typer.testing import CliRunner
-
     from tabst_cli.app import app
+    from typer.testing import CliRunner
 
     out = tmp_path / "cli.h5"
     r = CliRunner().invoke(app, ["ingest", "crunch", str(crunch["path"]), "--out", str(out),

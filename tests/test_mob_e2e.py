@@ -23,7 +23,6 @@ if not MOB.is_dir():
 @pytest.mark.skipif(not MOB.is_dir(), reason="shared MOB data not present")
 def test_mob_ingest_embed_compare_four_folds(tmp_path):
     import torch
-
     from tabst_cli.app import app
 
     torch.set_num_threads(1)

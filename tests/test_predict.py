@@ -9,6 +9,7 @@ import pytest
 
 pytest.importorskip("spatialdata")
 
+from tabst_cli.app import app
 from test_ingest_crunch import GENES, write_crunch_zarr
 from typer.testing import CliRunner
 
@@ -16,7 +17,6 @@ from tabst.errors import TabstError
 from tabst.ingest.crunch import ingest_crunch
 from tabst.predict import predict_submission
 from tabst.store import cells_frame
-from tabst_cli.app import app
 
 FAST = {"features": {"embedding": {"name": "auto", "pca": 4}},
         "params": {"ridge": {"alphas": [1.0, 10.0]}}, "report": {"n_map_genes": 1, "dpi": 50}}

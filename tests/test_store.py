@@ -3,11 +3,18 @@ import json
 import h5py
 import numpy as np
 import pytest
+from conftest import write_tiny_store
 
 from tabst.errors import StoreError, TabstError
-from tabst.store import (cells_frame, create_store, iter_batches, open_store, put, read_strings,
-                         torch_dataset)
-from conftest import write_tiny_store
+from tabst.store import (
+    cells_frame,
+    create_store,
+    iter_batches,
+    open_store,
+    put,
+    read_strings,
+    torch_dataset,
+)
 
 
 def test_round_trip_with_attrs(tmp_path):

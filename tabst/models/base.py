@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import threading
 import time
 from dataclasses import dataclass, field
@@ -37,6 +36,7 @@ import numpy as np
 
 from ..codec import codec_from_state, make_codec
 from ..errors import TabstError
+from ..util import atomic_dir
 
 COMMON_DEFAULTS = {"codec": "identity", "codec_k": 32, "seed": 0}
 IMPUTE_MAX_ROWS = 4096
@@ -297,11 +297,7 @@ class TabstModel:
         """
         self._check_fitted()
         path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir(parents=True)
-        try:
+        with atomic_dir(path) as tmp:
             from .. import __version__
 
             meta = {"model": self.name, "class": type(self).__name__, "params": self.params,
@@ -318,12 +314,6 @@ class TabstModel:
                 arrays["m_" + k] = np.asarray(v)
             np.savez(tmp / "state.npz", **arrays)
             self._save_files(tmp)
-            if path.exists():
-                shutil.rmtree(path)
-            os.replace(tmp, path)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         return path
 
     @classmethod
