@@ -282,3 +282,24 @@ def test_tabnet_masks_groups_and_clamping(data):
     with pytest.raises(TabstError, match="grouped_features"):
         make_model("tabnet", dict(FAST["tabnet"], grouped_features=["nope"])).fit(
             data["Xtr"], data["Ytr"], data["gtr"], feature_groups=data["groups"])
+
+
+def test_ridge_parallel_folds_equal_serial():
+    """Folds solved side by side (one BLAS thread each) give the serial results exactly."""
+    from threadpoolctl import threadpool_limits
+
+    from tabst.models import ridge as ridge_mod
+
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(240, 9))
+    Y = X @ rng.normal(size=(9, 4)) + rng.normal(size=(240, 4))
+    groups = np.repeat(["a", "b", "c", "d"], 60)
+    with threadpool_limits(limits=1):
+        assert ridge_mod._blas_threads() == 1
+        serial = make_model("ridge", {"precision": "float64"}).fit(X, Y, groups)
+    with threadpool_limits(limits=2):
+        assert ridge_mod._blas_threads() == 2  # the parallel path runs
+        par = make_model("ridge", {"precision": "float64"}).fit(X, Y, groups)
+    np.testing.assert_array_equal(par.alpha_, serial.alpha_)
+    np.testing.assert_allclose(par.cv_fold_mse_, serial.cv_fold_mse_, rtol=1e-10)
+    np.testing.assert_allclose(par.coef_, serial.coef_, rtol=1e-10, atol=1e-12)

@@ -309,26 +309,40 @@ class RidgeModel(TabstModel):
         for s in stats[1:]:
             total = total.merged(s)
         nf = len(stats)
-        G = total.sy.shape[0]
-        fold_mse = np.zeros((nf, len(alphas), G))
-        sse_sum = np.zeros((len(alphas), G))
-        n_val_sum = 0
-        for f, val in enumerate(stats):
-            tr = total.minus(val)
-            if tr.n < 2 or val.n < 1:
+        for val in stats:
+            if total.n - val.n < 2 or val.n < 1:
                 raise TabstError("ridge: a CV fold has no training or no held-out rows.")
-            sse = _fold_sse(tr, val, alphas)
-            fold_mse[f] = sse / val.n
-            sse_sum += sse
-            n_val_sum += val.n
+
+        def fold_job(f):
+            return _fold_sse(total.minus(stats[f]), stats[f], alphas)
+
+        def refit_job():
+            mx, s, my, Cs, b = _standardised(total)
+            lam, V = _eigh(Cs)
+            return mx, s, my, lam, V, V.T @ b
+
+        # The folds (and the final eigendecomposition) are independent: run them side by side,
+        # one BLAS thread each, on as many workers as BLAS had threads. A 1024² eigensolver
+        # scales poorly across threads; whole folds in parallel keep every core busy.
+        workers = _blas_threads()
+        if workers > 1:
+            from concurrent.futures import ThreadPoolExecutor
+
+            from threadpoolctl import threadpool_limits
+
+            with threadpool_limits(limits=1), ThreadPoolExecutor(workers) as ex:
+                refit = ex.submit(refit_job)
+                sses = list(ex.map(fold_job, range(nf)))
+                mx, s, my, lam, V, Bt = refit.result()
+        else:
+            sses = [fold_job(f) for f in range(nf)]
+            mx, s, my, lam, V, Bt = refit_job()
+        fold_mse = np.stack([sse / val.n for sse, val in zip(sses, stats)])
         self.alphas_ = alphas
         self.cv_fold_mse_ = fold_mse
-        self.cv_mse_ = sse_sum / n_val_sum
+        self.cv_mse_ = np.sum(sses, axis=0) / sum(val.n for val in stats)
         best = np.argmin(self.cv_mse_, axis=0)  # first minimum → smallest α on ties
         self.alpha_ = alphas[best]
-        mx, s, my, Cs, b = _standardised(total)
-        lam, V = _eigh(Cs)
-        Bt = V.T @ b
         self.coef_ = V @ (Bt / (lam[:, None] + self.alpha_[None, :]))
         self.mean_x_, self.scale_x_ = mx + total.shift_x, s
         self.mean_y_ = my + total.shift_y
@@ -355,6 +369,17 @@ class RidgeModel(TabstModel):
             setattr(self, k + "_", v)
         self.cv_kind_ = meta["cv_kind"]
         self.cv_fold_groups_ = meta["cv_fold_groups"]
+
+
+def _blas_threads() -> int:
+    """Threads the BLAS library is set to use now (1 when unknown)."""
+    try:
+        from threadpoolctl import threadpool_info
+
+        n = [i.get("num_threads", 1) for i in threadpool_info() if i.get("user_api") == "blas"]
+        return max(1, int(max(n))) if n else 1
+    except Exception:  # pragma: no cover - threadpoolctl missing or unreadable
+        return 1
 
 
 def _eigh(C):
