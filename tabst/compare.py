@@ -45,7 +45,7 @@ from .config import dump_config, load_config, model_params
 from .errors import StoreError, TabstError
 from .evaluate import METRIC_DIRECTION, METRIC_LABEL, METRICS, make_folds, mean_sd, score_fold
 from .store import now_utc, opened, put, read_strings
-from .util import atomic_dir, progress
+from .util import atomic_dir, json_default, progress
 
 VERSION_PACKAGES = ("tabst", "numpy", "scipy", "scikit-learn", "pandas", "h5py", "xgboost", "torch",
                     "torchvision", "pytorch-tabnet", "shap", "matplotlib", "jinja2")
@@ -201,7 +201,7 @@ def run_compare(store, config=None, out=None, *, overrides=(), models=None, feat
         info["timing"]["total_seconds"] = round(time.perf_counter() - t_start, 3)
         run = _run_record(cfg, store_path, info, command)
         (tmp / "config.yaml").write_text(dump_config(cfg))
-        (tmp / "run.json").write_text(json.dumps(run, indent=1, default=_json_default))
+        (tmp / "run.json").write_text(json.dumps(run, indent=1, default=json_default))
         if render:
             try:
                 from .report.render import render_report
@@ -210,7 +210,7 @@ def run_compare(store, config=None, out=None, *, overrides=(), models=None, feat
             except Exception:  # the numbers are worth more than the picture
                 _write_log(tmp, "report", traceback.format_exc())
                 run["report_error"] = traceback.format_exc().strip().splitlines()[-1]
-                (tmp / "run.json").write_text(json.dumps(run, indent=1, default=_json_default))
+                (tmp / "run.json").write_text(json.dumps(run, indent=1, default=json_default))
     return out
 
 
@@ -490,12 +490,6 @@ def _run_record(cfg, store_path: Path, info: dict, command) -> dict:
     }
 
 
-def _json_default(o):
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    return str(o)
 
 
 # --------------------------------------------------------------------------------------------

@@ -5,6 +5,13 @@ import os
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # tests share 2 cores; keep BLAS/torch polite
 
+try:
+    import torch
+
+    torch.set_num_threads(1)
+except ImportError:  # pragma: no cover
+    pass
+
 import numpy as np
 import pytest
 

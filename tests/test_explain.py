@@ -36,13 +36,6 @@ from tabst.explain.grouping import (
 )
 from tabst.models import REGISTRY, make_model
 
-try:
-    import torch
-
-    torch.set_num_threads(1)
-except Exception:  # pragma: no cover
-    pass
-
 FAST = {
     "mean": {},
     "ridge": {"alphas": [0.1, 1.0, 10.0, 100.0]},

@@ -9,13 +9,6 @@ from tabst.dataset import FeatureBuilder, load_targets, rows_with_expression
 from tabst.errors import TabstError
 from tabst.models import REGISTRY, RidgeModel, TabstModel, make_model, model_defaults
 
-try:
-    import torch
-
-    torch.set_num_threads(1)
-except Exception:  # pragma: no cover
-    pass
-
 # small, fast settings for every model (the contract must hold for any parameters)
 FAST = {
     "mean": {},

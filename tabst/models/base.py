@@ -36,7 +36,7 @@ import numpy as np
 
 from ..codec import codec_from_state, make_codec
 from ..errors import TabstError
-from ..util import atomic_dir
+from ..util import atomic_dir, json_default
 
 COMMON_DEFAULTS = {"codec": "identity", "codec_k": 32, "seed": 0}
 IMPUTE_MAX_ROWS = 4096
@@ -306,7 +306,7 @@ class TabstModel:
                     "target_names": self.target_names_, "n_features_in": self.n_features_in_,
                     "fit_seconds": self.fit_seconds_, "peak_mem_mb": self.peak_mem_mb_,
                     "extra": self._meta(), "tabst_version": __version__}
-            (tmp / "model.json").write_text(json.dumps(meta, indent=1, default=_json_default))
+            (tmp / "model.json").write_text(json.dumps(meta, indent=1, default=json_default))
             arrays = dict(self.codec_.state())
             if self.impute_values_ is not None:
                 arrays["impute_values"] = self.impute_values_
@@ -394,9 +394,3 @@ def _as_matrix(A, what: str):
     return A, names
 
 
-def _json_default(o):
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    return str(o)
