@@ -31,6 +31,10 @@ def register(app, ingest_app):
         unsafe_random_split: bool = typer.Option(
             False, "--unsafe-random-split",
             help="random cell-level folds: leaks spatial neighbours, flagged red in the report"),
+        genes: Optional[str] = typer.Option(
+            None, "--genes",
+            help="genes to learn and score: all | FILE (one gene per line) | hvg:K (top-K highly "
+                 "variable, computed per fold on its training rows only)"),
         force: bool = typer.Option(False, "--force", help="replace an existing run folder"),
     ):
         """Fit every model per sample-wise fold, score the challenge metrics, write a run folder
@@ -40,7 +44,8 @@ def register(app, ingest_app):
         from tabst.compare import leaderboard_table, run_compare
 
         run_dir = run_compare(store, config, out, overrides=sets, models=models, features=features,
-                              folds=folds, unsafe_random_split=unsafe_random_split, force=force,
+                              folds=folds, unsafe_random_split=unsafe_random_split, genes=genes,
+                              force=force,
                               command=["tabst"] + sys.argv[1:])
         console.print(leaderboard_table(run_dir))
         report = run_dir / "report.html"

@@ -2,6 +2,9 @@
 
 For each fold (by sample, see :func:`tabst.evaluate.make_folds`):
 
+0. the genes are selected (config ``genes``, :mod:`tabst.genes`): all, a list file, or the top-k
+   highly variable genes computed on the fold's training rows only; the fold's models learn
+   and predict only those genes and the fold is scored on them;
 1. a :class:`tabst.dataset.FeatureBuilder` is fitted on the fold's training rows only (scalers,
    embedding PCA...), then transforms training and test rows;
 2. every model is built from the config (``REGISTRY[name](**params)``), fitted on the training
@@ -17,10 +20,14 @@ Run folder (written into a hidden temp folder beside it and renamed when complet
     <run>/leaderboard.csv      one row per model: metrics mean and sd over folds, costs, status
     <run>/per_fold.csv         one row per model x fold
     <run>/per_sample.csv       one row per model x fold x test sample
-    <run>/per_gene.csv         one row per model x gene: Pearson mean/sd over folds + per fold
-    <run>/predictions.h5       /genes; /fold_<k>/{cell_id, sample, x, y, row, truth, pred/<model>}
+    <run>/per_gene.csv         one row per model x gene: Pearson mean/sd over the folds that
+                               selected the gene (n_folds) + per fold (empty: not selected)
+    <run>/predictions.h5       /genes (union over folds); /fold_<k>/{genes, gene_index, cell_id,
+                               sample, x, y, row, truth, pred/<model>} (truth/pred columns =
+                               fold_<k>/genes = /genes[gene_index])
     <run>/models/<model>/fold_<k>/   fitted model per fold (``save_fold_models``)
-    <run>/models/<model>/all/        refit on every row (``refit_all``), for predict / explain
+    <run>/models/<model>/all/        refit on every row (``refit_all``), for predict / explain;
+                                     its genes are selected on every row (model.target_names_)
     <run>/features/fold_<k>/         fitted FeatureBuilder of each fold (FeatureBuilder.load)
     <run>/features/all/              fitted FeatureBuilder of the refit (``refit_all``)
     <run>/config.yaml          the resolved config
@@ -149,7 +156,7 @@ def _write_log(tmp: Path, name: str, text: str) -> None:
 # main entry
 # --------------------------------------------------------------------------------------------
 def run_compare(store, config=None, out=None, *, overrides=(), models=None, features=None,
-                folds=None, unsafe_random_split: bool = False, force: bool = False,
+                folds=None, unsafe_random_split: bool = False, genes=None, force: bool = False,
                 show_progress: bool = True, render: bool = True, command=None) -> Path:
     """Benchmark every configured model with sample-wise folds; write a run folder.
 
@@ -167,6 +174,8 @@ def run_compare(store, config=None, out=None, *, overrides=(), models=None, feat
     models, features, folds, unsafe_random_split
         Command-line overrides: comma-separated model names, an embedding name (``--features``
         picks ``/embeddings/<name>``), fold scheme, random-split permission.
+    genes : str, optional
+        ``--genes``: ``all``, ``hvg``, ``hvg:K`` or a gene list file (replaces config ``genes``).
     force : bool
         Replace an existing run folder.
     show_progress : bool
@@ -183,7 +192,7 @@ def run_compare(store, config=None, out=None, *, overrides=(), models=None, feat
     """
     t_start = time.perf_counter()
     cfg = load_config(config, overrides, models=models, folds=folds, embedding=features,
-                      unsafe_random_split=unsafe_random_split)
+                      unsafe_random_split=unsafe_random_split, genes=genes)
     from .dataset import FeatureBuilder, load_targets, rows_with_expression
     from .models import REGISTRY
 
@@ -219,6 +228,8 @@ def _compare_in(f, cfg, tmp: Path, REGISTRY, FeatureBuilder, load_targets, rows_
     import h5py
     import pandas as pd
 
+    from .genes import read_gene_list, select_genes, selection_label
+
     timing = {"features_seconds": 0.0, "refit_seconds": 0.0}
     rows = np.asarray(rows_with_expression(f), dtype=np.int64)
     if rows.size == 0:
@@ -231,13 +242,32 @@ def _compare_in(f, cfg, tmp: Path, REGISTRY, FeatureBuilder, load_targets, rows_
                if cfg["region_column"] else None)
     groups = (_cells(f, rows, cfg["group_column"], "group_column").astype(str)
               if cfg["group_column"] else None)
-    Y, genes = load_targets(f, rows)
-    Y = np.asarray(Y, dtype=np.float32)
-    genes = [str(g) for g in genes]
     emb_name = resolve_embedding(f, cfg)
     spec = feature_spec(cfg, emb_name)
     folds = make_folds(samples, cfg["folds"], groups=groups,
                        unsafe_random_split=cfg["unsafe_random_split"], seed=cfg["seed"])
+    # gene selection: per fold on its training rows only (hvg), and on every row for the refit
+    t0 = time.perf_counter()
+    gsel = cfg["genes"]
+    store_genes = [str(g) for g in read_strings(f["expression/genes"])]
+    G_store = len(store_genes)
+    fixed = read_gene_list(gsel["file"], store_genes) if gsel["select"] == "list" else None
+    sel_fold = {fd.k: fixed if fixed is not None else
+                select_genes(f, rows[fd.train], gsel, store_genes) for fd in folds}
+    sel_all = None
+    if cfg["refit_all"]:
+        sel_all = fixed if fixed is not None else select_genes(f, rows, gsel, store_genes)
+    pred_cols = np.unique(np.concatenate(list(sel_fold.values())))  # store columns, ascending
+    load_cols = np.unique(np.concatenate([pred_cols] + ([sel_all] if sel_all is not None else [])))
+    timing["genes_seconds"] = time.perf_counter() - t0
+    Y, _ = load_targets(f, rows, columns=None if len(load_cols) == G_store else load_cols)
+    Y = np.asarray(Y, dtype=np.float32)
+    if len(load_cols) == G_store:
+        load_cols = np.arange(G_store)
+    genes = [store_genes[j] for j in pred_cols]  # root /genes of predictions.h5
+
+    def ycols(sel):  # columns of Y holding the store columns ``sel``
+        return np.searchsorted(load_cols, sel)
     names = list(cfg["models"])
     fit_groups = groups if groups is not None else samples
 
@@ -256,7 +286,10 @@ def _compare_in(f, cfg, tmp: Path, REGISTRY, FeatureBuilder, load_targets, rows_
                                    "measured expression (truth) and each model's prediction")
         ph.attrs["unsafe_random_split"] = bool(cfg["unsafe_random_split"])
         ph.attrs["folds"] = cfg["folds"]
-        put(ph, "genes", np.asarray(genes, dtype=object), description="gene names (columns)")
+        ph.attrs["gene_selection"] = json.dumps(gsel)
+        put(ph, "genes", np.asarray(genes, dtype=object),
+            description="every gene predicted in some fold (union over folds, store order); each "
+                        "fold's own columns are fold_<k>/genes (= genes[fold_<k>/gene_index])")
         for fold in folds:
             tr, te = rows[fold.train], rows[fold.test]
             t0 = time.perf_counter()
@@ -282,22 +315,34 @@ def _compare_in(f, cfg, tmp: Path, REGISTRY, FeatureBuilder, load_targets, rows_
             put(g, "row", te, description="row index of the cell in the store's /cells")
             if regions is not None:
                 put(g, "region", regions[fold.test].astype(object), description="region of cell")
-            put(g, "truth", Y[fold.test], description="measured expression [cells, genes]")
+            sel = sel_fold[fold.k]
+            genes_k = [store_genes[j] for j in sel]
+            put(g, "genes", np.asarray(genes_k, dtype=object),
+                description="genes (columns) of this fold's truth and pred, selected on its "
+                            "training rows only")
+            put(g, "gene_index", np.searchsorted(pred_cols, sel).astype(np.int64),
+                description="position of each of this fold's genes in the root /genes")
+            cols = ycols(sel)
+            if len(cols) == Y.shape[1]:
+                Ytr, Yte = Y[fold.train], Y[fold.test]
+            else:
+                Ytr, Yte = Y[np.ix_(fold.train, cols)], Y[np.ix_(fold.test, cols)]
+            put(g, "truth", Yte, description="measured expression [cells, genes of this fold]")
             pg = g.create_group("pred")
-            pg.attrs["description"] = "predictions [cells, genes], one dataset per model"
-            Ytr, Yte = Y[fold.train], Y[fold.test]
+            pg.attrs["description"] = ("predictions [cells, genes of this fold], one dataset per "
+                                       "model")
             for name in names:
                 if pbar:
                     p.update(task, description=f"fold {fold.k + 1}/{len(folds)} · {name}")
                 rec = {"model": name, "fold": fold.k, "test_samples": ";".join(fold.test_samples),
                        "n_train": len(tr), "n_test": len(te), "n_features": n_features,
-                       "status": "ok", "error": ""}
+                       "n_genes": len(genes_k), "status": "ok", "error": ""}
                 try:
                     model = REGISTRY[name](**model_params(cfg, name))
                     labels[name] = model.display_name
                     codecs[name] = _codec_label(model)
                     model.fit(Xtr, Ytr, groups=fit_groups[fold.train], feature_names=fnames,
-                              feature_groups=fgroups, target_names=genes)
+                              feature_groups=fgroups, target_names=genes_k)
                     t1 = time.perf_counter()
                     P = np.asarray(model.predict(Xte), dtype=np.float32)
                     predict_s = time.perf_counter() - t1
@@ -314,7 +359,8 @@ def _compare_in(f, cfg, tmp: Path, REGISTRY, FeatureBuilder, load_targets, rows_
                                peak_mem_mb=float(getattr(model, "peak_mem_mb_", np.nan)))
                     gene_scores[name][fold.k] = (sc.per_gene.per_gene, sc.per_gene_mse,
                                                  sc.per_gene.constant_truth,
-                                                 sc.per_gene.constant_pred)
+                                                 sc.per_gene.constant_pred,
+                                                 np.searchsorted(pred_cols, sel))
                     for s, v in sc.per_sample.items():
                         per_sample.append({"model": name, "fold": fold.k, "sample": s, **v})
                 except Exception as e:  # a failing model must not stop the others
@@ -324,7 +370,7 @@ def _compare_in(f, cfg, tmp: Path, REGISTRY, FeatureBuilder, load_targets, rows_
                 per_fold.append(rec)
                 if pbar:
                     p.advance(task)
-            del Xtr, Xte
+            del Xtr, Xte, Ytr, Yte
         refit = {}
         if cfg["refit_all"]:
             t0 = time.perf_counter()
@@ -333,6 +379,9 @@ def _compare_in(f, cfg, tmp: Path, REGISTRY, FeatureBuilder, load_targets, rows_
             Xall = np.asarray(fb.transform(f, rows), dtype=np.float32)
             fb.save(tmp / "features" / "all")
             timing["features_seconds"] += time.perf_counter() - t0
+            genes_all = [store_genes[j] for j in sel_all]
+            cols = ycols(sel_all)
+            Yall = Y if len(cols) == Y.shape[1] else Y[:, cols]
             for name in names:
                 if pbar:
                     p.update(task, description=f"refit on all rows · {name}")
@@ -343,8 +392,9 @@ def _compare_in(f, cfg, tmp: Path, REGISTRY, FeatureBuilder, load_targets, rows_
                     try:
                         t1 = time.perf_counter()
                         model = REGISTRY[name](**model_params(cfg, name))
-                        model.fit(Xall, Y, groups=fit_groups, feature_names=list(fb.feature_names_),
-                                  feature_groups=list(fb.feature_groups_), target_names=genes)
+                        model.fit(Xall, Yall, groups=fit_groups,
+                                  feature_names=list(fb.feature_names_),
+                                  feature_groups=list(fb.feature_groups_), target_names=genes_all)
                         model.save(tmp / "models" / name / "all")
                         refit[name] = {"status": "ok", "fit_seconds": model.fit_seconds_,
                                        "seconds": time.perf_counter() - t1,
@@ -355,7 +405,7 @@ def _compare_in(f, cfg, tmp: Path, REGISTRY, FeatureBuilder, load_targets, rows_
                 if pbar:
                     p.advance(task)
             timing["refit_seconds"] = time.perf_counter() - t0
-            del Xall
+            del Xall, Yall
 
     pf = pd.DataFrame(per_fold)
     for m in METRICS:
@@ -369,10 +419,24 @@ def _compare_in(f, cfg, tmp: Path, REGISTRY, FeatureBuilder, load_targets, rows_
     ps.to_csv(tmp / "per_sample.csv", index=False)
     _per_gene_frame(gene_scores, genes, labels, [fd.k for fd in folds]) \
         .to_csv(tmp / "per_gene.csv", index=False)
-    lb = leaderboard_frame(pf, cfg["primary_metric"], codecs, refit)
+    lb = leaderboard_frame(pf, cfg["primary_metric"], codecs, refit,
+                           genes_label=_genes_label(gsel, sel_fold, G_store))
     lb.to_csv(tmp / "leaderboard.csv", index=False)
     emb_attrs = _attrs(f["embeddings"][emb_name]) if emb_name else None
+    gene_info = {**gsel, "label": selection_label(gsel), "n_store_genes": G_store,
+                 "n_union": len(genes),
+                 "n_per_fold": {str(k): int(len(v)) for k, v in sel_fold.items()},
+                 "n_all_folds": int(len(set.intersection(*(set(v.tolist())
+                                                           for v in sel_fold.values())))),
+                 "n_refit": None if sel_all is None else int(len(sel_all)),
+                 "seconds": round(timing["genes_seconds"], 3)}
+    if gsel["select"] == "list":
+        from .util import sha256_file
+
+        gene_info["file"] = str(Path(gsel["file"]).resolve())
+        gene_info["file_sha256"] = sha256_file(gsel["file"])
     return {"folds": [fd.to_dict() for fd in folds], "n_rows": int(len(rows)), "genes": genes,
+            "n_store_genes": G_store, "gene_selection": gene_info,
             "samples": {s: int(c) for s, c in zip(*np.unique(samples, return_counts=True))},
             "embedding": {"name": emb_name, "attrs": emb_attrs} if emb_name else None,
             "feature_spec": spec, "features": feature_info, "refit": refit,
@@ -395,23 +459,41 @@ def _codec_label(model) -> str:
 
 
 def _per_gene_frame(gene_scores, genes, labels, fold_ids):
+    """One row per model x gene predicted in at least one of the model's successful folds.
+
+    With a per-fold gene selection a gene counts only in the folds that selected it:
+    ``pearson_mean`` / ``pearson_sd`` / ``mse_mean`` are over those folds (``n_folds`` of them),
+    ``pearson_fold_<k>`` is empty where fold k did not select the gene."""
     import pandas as pd
 
     frames = []
+    G = len(genes)
     for name, by_fold in gene_scores.items():
         if not by_fold:
             continue
         ks = sorted(by_fold)
-        r = np.stack([by_fold[k][0] for k in ks])  # [folds, G]
-        e = np.stack([by_fold[k][1] for k in ks])
-        ct = np.stack([by_fold[k][2] for k in ks])
-        cp = np.stack([by_fold[k][3] for k in ks])
-        d = {"model": name, "label": labels[name], "gene": genes,
-             "pearson_mean": r.mean(0), "pearson_sd": r.std(0, ddof=1) if len(ks) > 1 else 0.0,
-             "mse_mean": e.mean(0), "n_folds": len(ks),
-             "n_folds_constant_truth": ct.sum(0), "n_folds_constant_pred": cp.sum(0)}
+        r, e, ct, cp = (np.full((len(ks), G), np.nan) for _ in range(4))
+        seen = np.zeros((len(ks), G), dtype=bool)
         for i, k in enumerate(ks):
-            d[f"pearson_fold_{k}"] = r[i]
+            pr, pe, pct, pcp, idx = by_fold[k]
+            r[i, idx], e[i, idx] = pr, pe
+            ct[i, idx], cp[i, idx] = pct, pcp
+            seen[i, idx] = True
+        n = seen.sum(0)
+        keep = n > 0
+        with np.errstate(invalid="ignore", divide="ignore"):
+            import warnings
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                sd = np.where(n > 1, np.nanstd(r, axis=0, ddof=1), 0.0)
+                d = {"model": name, "label": labels[name], "gene": list(np.asarray(genes)[keep]),
+                     "pearson_mean": np.nanmean(r, 0)[keep], "pearson_sd": sd[keep],
+                     "mse_mean": np.nanmean(e, 0)[keep], "n_folds": n[keep],
+                     "n_folds_constant_truth": np.nansum(ct, 0)[keep].astype(int),
+                     "n_folds_constant_pred": np.nansum(cp, 0)[keep].astype(int)}
+        for i, k in enumerate(ks):
+            d[f"pearson_fold_{k}"] = r[i][keep]
         frames.append(pd.DataFrame(d))
     if not frames:
         return pd.DataFrame(columns=["model", "label", "gene", "pearson_mean", "pearson_sd",
@@ -420,8 +502,21 @@ def _per_gene_frame(gene_scores, genes, labels, fold_ids):
     return pd.concat(frames, ignore_index=True)
 
 
-def leaderboard_frame(pf, primary: str, codecs: dict, refit: dict):
-    """One row per model from the per-fold table, sorted by ``primary`` (failed models last)."""
+def _genes_label(gsel: dict, sel_fold: dict, n_store: int) -> str:
+    """Leaderboard text of the gene selection, e.g. ``hvg:50 variance (50/8000 per fold)``."""
+    n = sorted({len(v) for v in sel_fold.values()})
+    per = str(n[0]) if len(n) == 1 else f"{n[0]}-{n[-1]}"
+    if gsel["select"] == "all":
+        return f"all ({n_store})"
+    if gsel["select"] == "list":
+        return f"list {Path(gsel['file']).name} ({per}/{n_store})"
+    return f"hvg:{gsel['k']} {gsel['flavor']} ({per}/{n_store} per fold)"
+
+
+def leaderboard_frame(pf, primary: str, codecs: dict, refit: dict, genes_label: str = ""):
+    """One row per model from the per-fold table, sorted by ``primary`` (failed models last).
+    ``genes_label``: the run's gene selection (column ``genes``; every fold is scored on the
+    genes it selected)."""
     import pandas as pd
 
     rows = []
@@ -431,7 +526,7 @@ def leaderboard_frame(pf, primary: str, codecs: dict, refit: dict):
         status = "ok" if n_ok == n else ("failed" if n_ok == 0 else f"partial ({n_ok}/{n} folds)")
         errors = [e for e in d["error"].tolist() if isinstance(e, str) and e]
         row = {"model": name, "label": d["label"].iloc[0], "codec": codecs.get(name, ""),
-               "status": status, "error": errors[0] if errors else "",
+               "genes": genes_label, "status": status, "error": errors[0] if errors else "",
                "n_folds": n, "n_folds_ok": n_ok}
         for m in METRICS:
             row[f"{m}_mean"], row[f"{m}_sd"] = mean_sd(ok[m].tolist())
@@ -478,10 +573,11 @@ def _run_record(cfg, store_path: Path, info: dict, command) -> dict:
                   "created_utc": root.get("created_utc"),
                   "tabst_version": root.get("tabst_version"),
                   "provenance": root.get("provenance"), "n_cells": n_cells,
-                  "n_cells_evaluated": info["n_rows"], "n_genes": len(info["genes"]),
+                  "n_cells_evaluated": info["n_rows"], "n_genes": info["n_store_genes"],
                   "samples": info["samples"],
                   "expression_transform": transform.decode() if isinstance(transform, bytes)
                   else str(transform)},
+        "gene_selection": info["gene_selection"],
         "embedding": info["embedding"], "feature_spec": info["feature_spec"],
         "features": info["features"], "models": cfg["models"], "labels": info["labels"],
         "refit": info["refit"], "timing": info["timing"],
@@ -507,6 +603,12 @@ def leaderboard_table(run_dir):
     primary = run["primary_metric"]
     order = [primary] + [m for m in METRICS if m != primary]
     title = f"tabst compare · {run['config_name']} · folds: {run['folds_scheme']}"
+    gs = run.get("gene_selection") or {}
+    genes_txt = ""
+    if gs.get("select", "all") == "hvg":
+        genes_txt = f"genes: hvg:{gs.get('k')} {gs.get('flavor')} (per fold, training rows); "
+    elif gs.get("select", "all") == "list":
+        genes_txt = f"genes: list {Path(str(gs.get('file'))).name}; "
     if run.get("unsafe_random_split"):
         title += " · [bold red]UNSAFE RANDOM SPLIT (leaky)[/]"
     from rich import box
@@ -514,7 +616,7 @@ def leaderboard_table(run_dir):
     short = {"cellwise_spearman": "cell Spearman", "genewise_pearson": "gene Pearson",
              "mse": "MSE"}
     t = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD,
-              caption="mean ± sd over folds; best in bold green; ★ ranks the table; "
+              caption=genes_txt + "mean ± sd over folds; best in bold green; ★ ranks the table; "
                       "fit s = mean per fold", caption_justify="left")
     t.add_column("#", justify="right")
     t.add_column("model", no_wrap=True)

@@ -33,6 +33,10 @@ Keys (everything optional in a file; missing keys take the defaults of :data:`DE
 ``refit_all`` / ``save_fold_models``
     Refit every model on all rows into ``models/<model>/all`` (for ``tabst predict`` /
     ``tabst explain``); keep each fold's fitted model in ``models/<model>/fold_<k>``.
+``genes``
+    Gene selection ``{select: all | list | hvg, file: PATH, k: 2000, flavor: variance | seurat}``
+    (see :mod:`tabst.genes`): every gene, the genes of a list file, or the top-k highly variable
+    genes computed inside each fold on its training rows only. ``--genes all|FILE|hvg:K``.
 ``embed``
     What ``tabst embed`` should compute for this preset (encoder, layer, patch_size, weights);
     recorded in the run and used to pick the embedding when several exist.
@@ -66,6 +70,7 @@ DEFAULTS: dict = {
     "seed": 0,
     "refit_all": True,
     "save_fold_models": True,
+    "genes": {"select": "all", "file": None, "k": 2000, "flavor": "variance"},
     "embed": {"encoder": "resnet50", "layer": "layer3", "patch_size": 32, "weights": "imagenet"},
     "report": {"n_map_genes": 3, "n_best_worst": 10, "map_sample": None, "dpi": 100,
                "max_mb": 5.0},
@@ -76,7 +81,8 @@ _TYPES: dict = {
     "name": str, "description": str, "embedding": (str, type(None)), "features": dict,
     "models": list, "params": dict, "folds": str, "group_column": (str, type(None)),
     "region_column": (str, type(None)), "unsafe_random_split": bool, "primary_metric": str,
-    "seed": int, "refit_all": bool, "save_fold_models": bool, "embed": dict, "report": dict,
+    "seed": int, "refit_all": bool, "save_fold_models": bool, "genes": (dict, str), "embed": dict,
+    "report": dict,
     "embed.encoder": str, "embed.layer": str, "embed.patch_size": int, "embed.weights": str,
     "report.n_map_genes": int, "report.n_best_worst": int,
     "report.map_sample": (str, type(None)), "report.dpi": int, "report.max_mb": (int, float),
@@ -255,6 +261,9 @@ def validate_config(cfg: dict, source: str = "config") -> dict:
     if r["n_map_genes"] < 0 or r["n_best_worst"] < 0 or r["dpi"] < 30 or r["max_mb"] <= 0:
         raise TabstError(f"{source}: key 'report': n_map_genes, n_best_worst >= 0, dpi >= 30 and "
                          "max_mb > 0 required.")
+    from .genes import validate_genes
+
+    out["genes"] = validate_genes(out["genes"], source)
     if out["embed"]["patch_size"] < 1:
         raise TabstError(f"{source}: key 'embed.patch_size' must be >= 1.")
     return out
@@ -287,7 +296,8 @@ def _param_type_ok(value, default) -> bool:
 
 def load_config(name_or_path=None, overrides: Iterable[str] = (), **cli) -> dict:
     """Load a preset (by name or path; default ``default``), apply ``--set`` overrides and the
-    command-line options in ``cli`` (``models``, ``folds``, ``embedding``, ``unsafe_random_split``;
+    command-line options in ``cli`` (``models``, ``folds``, ``embedding``, ``unsafe_random_split``,
+    ``genes`` (``--genes`` text, see :func:`tabst.genes.parse_genes_option`);
     ``None`` = not given), validate, return the resolved dict.
 
     Raises
@@ -314,11 +324,18 @@ def load_config(name_or_path=None, overrides: Iterable[str] = (), **cli) -> dict
     for key in ("folds", "embedding"):
         if cli.get(key) is not None:
             cfg[key] = cli[key]
+    if cli.get("genes") is not None:  # --genes all|FILE|hvg[:K]: replaces the whole section
+        from .genes import parse_genes_option
+
+        g = parse_genes_option(cli["genes"]) if isinstance(cli["genes"], str) else cli["genes"]
+        if g.get("select") == "hvg" and isinstance(cfg.get("genes"), dict):
+            g = {**{k: v for k, v in cfg["genes"].items() if k in ("k", "flavor")}, **g}
+        cfg["genes"] = g
     if cli.get("unsafe_random_split"):
         cfg["unsafe_random_split"] = True
         if not str(cfg.get("folds", "")).startswith("random:"):
             cfg["folds"] = "random:5"
-    extra = sorted(set(cli) - {"models", "folds", "embedding", "unsafe_random_split"})
+    extra = sorted(set(cli) - {"models", "folds", "embedding", "unsafe_random_split", "genes"})
     if extra:
         raise TypeError(f"load_config: unexpected options {extra}")
     return validate_config(cfg, source if not overrides else f"{source} (with --set)")

@@ -106,17 +106,25 @@ def rows_with_expression(store) -> np.ndarray:
         return np.arange(n)
 
 
-def load_targets(store, rows, batch_size: int = 16384):
-    """Expression of ``rows`` → (Y float32 [n, G], genes list). Raises if a row holds NaN."""
+def load_targets(store, rows, batch_size: int = 16384, columns=None):
+    """Expression of ``rows`` → (Y float32 [n, G], genes list). Raises if a row holds NaN.
+
+    ``columns``: gene (column) indices to keep, e.g. a gene selection; only ``batch_size`` full
+    rows are in memory at a time, so Y holds just [n, len(columns)]."""
     rows = np.asarray(rows, dtype=np.int64)
     with opened(store) as f:
         if "expression/X" not in f:
             raise StoreError(f"{getattr(f, 'filename', store)}: no /expression/X in the store.")
         genes = [str(g) for g in read_strings(f["expression/genes"])]
+        if columns is not None:
+            columns = np.asarray(columns, dtype=np.int64)
+            genes = [genes[j] for j in columns]
         Y = np.empty((len(rows), len(genes)), dtype=np.float32)
         pos = 0
         for b in iter_batches(f, ["expression/X"], batch_size, rows=rows):
             y = b["expression/X"]
+            if columns is not None:
+                y = y[:, columns]
             Y[pos:pos + len(y)] = y
             pos += len(y)
         bad = ~np.isfinite(Y).all(axis=1)

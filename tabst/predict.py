@@ -14,6 +14,9 @@ It is written to a hidden temp file beside ``--out`` and renamed only when compl
 The model is ``<run>/models/<model>/all`` (refit on every training row, ``refit_all: true``)
 with its feature builder ``<run>/features/all``; by default the best-ranked model of the run's
 leaderboard that has such a refit.
+
+When the run selected genes (config ``genes``: a list or the top-k highly variable genes, chosen
+on every row for the refit), the submission holds the refit model's genes only.
 """
 from __future__ import annotations
 
@@ -185,7 +188,11 @@ def predict_submission(run, store, out, *, group: str = "test", model: str | Non
         fname = getattr(f, "filename", str(store))
         if "expression/genes" in f:
             sg = [str(g) for g in read_strings(f["expression/genes"])]
-            if sg and set(sg) != set(genes):
+            sel = {}
+            if (run / "run.json").exists():
+                sel = json.loads((run / "run.json").read_text()).get("gene_selection") or {}
+            subset_ok = sel.get("select", "all") != "all"  # the run learned a gene selection
+            if sg and (set(genes) - set(sg) or (not subset_ok and set(sg) != set(genes))):
                 raise StoreError(f"{fname}: the store's genes differ from the model's ({G} genes; "
                                  f"store-only: {sorted(set(sg) - set(genes))[:5]}, model-only: "
                                  f"{sorted(set(genes) - set(sg))[:5]}). Predict with the store the "

@@ -305,3 +305,178 @@ def test_perturbing_test_sample_does_not_change_fold_fit(tmp_path, store):
     with np.load(a / "features/fold_1/features.npz") as za, \
             np.load(b / "features/fold_1/features.npz") as zb:
         assert not np.array_equal(za["pca_mean"], zb["pca_mean"])
+
+
+# ------------------------------------------------------------------------------ gene selection
+def _scramble(src, dst, sample, gene=None, seed=3):
+    """Copy the store; give ``sample`` random expression (all genes, or one gene with a large
+    spread)."""
+    shutil.copy(src, dst)
+    rng = np.random.default_rng(seed)
+    with h5py.File(dst, "r+") as f:
+        rows = np.flatnonzero(f["cells/sample"].asstr()[()] == sample)
+        a = f["expression/X"][()]
+        if gene is None:
+            a[rows] = np.abs(rng.normal(2, 3, size=a[rows].shape))
+        else:
+            a[rows, gene] = np.abs(rng.normal(0, 20, size=len(rows)))
+        f["expression/X"][...] = a
+    return dst
+
+
+def _fold_genes(run_dir):
+    with h5py.File(run_dir / "predictions.h5") as f:
+        return {k: list(f[k]["genes"].asstr()[()]) for k in sorted(f) if k.startswith("fold_")}
+
+
+def test_hvg_is_chosen_on_training_rows_only(tmp_path, store):
+    """The HVG set of fold 0 (S0 held out) ignores S0's expression, but follows S1's."""
+    from tabst.genes import gene_moments, select_genes
+
+    sel = {"select": "hvg", "k": 3, "flavor": "variance", "file": None}
+    genes = [f"GENE{i}" for i in range(8)]
+    with h5py.File(store) as f:
+        samples = f["cells/sample"].asstr()[()]
+        X = f["expression/X"][()].astype(np.float64)
+    train0 = np.flatnonzero(samples != "S0")
+    # exactly the top-3 sample variance (ddof 1) of the stored values over the training rows
+    n, mu, var = gene_moments(store, train0, batch_size=7)
+    np.testing.assert_allclose(var, X[train0].var(axis=0, ddof=1), rtol=1e-10)
+    np.testing.assert_allclose(mu, X[train0].mean(axis=0), rtol=1e-10)
+    want = np.sort(np.argsort(-X[train0].var(axis=0, ddof=1))[:3])
+    np.testing.assert_array_equal(select_genes(store, train0, sel, genes), want)
+    low = int(np.argsort(X[train0].var(axis=0))[0])  # least variable gene: not selected
+
+    cfg = {**FAST, "models": ["ridge"], "refit_all": False, "genes": {"select": "hvg", "k": 3}}
+    a = run_compare(store, cfg, tmp_path / "a", show_progress=False, render=False)
+    held = _scramble(store, tmp_path / "held.h5", "S0")
+    b = run_compare(held, cfg, tmp_path / "b", show_progress=False, render=False)
+    train = _scramble(store, tmp_path / "train.h5", "S1", gene=low)
+    c = run_compare(train, cfg, tmp_path / "c", show_progress=False, render=False)
+    ga, gb, gc = _fold_genes(a), _fold_genes(b), _fold_genes(c)
+    assert ga["fold_0"] == [genes[i] for i in want]
+    assert gb["fold_0"] == ga["fold_0"]  # held-out expression cannot choose the genes
+    assert gb["fold_1"] != ga["fold_1"] or gb["fold_2"] != ga["fold_2"]  # S0 trains these
+    assert genes[low] in gc["fold_0"] and gc["fold_0"] != ga["fold_0"]  # a training sample does
+    with np.load(a / "models/ridge/fold_0/state.npz") as za, \
+            np.load(b / "models/ridge/fold_0/state.npz") as zb:
+        for k in za.files:
+            np.testing.assert_array_equal(za[k], zb[k], err_msg=k)
+
+
+def test_hvg_outputs_recompute_the_leaderboard_and_feed_explain_and_predict(tmp_path, store):
+    from tabst.explain.run import explain_run
+    from tabst.predict import predict_submission
+
+    out = run_compare(store, {**FAST, "models": ["ridge", "tree"],
+                              "genes": {"select": "hvg", "k": 4, "flavor": "seurat"}},
+                      tmp_path / "r", show_progress=False)
+    lb = pd.read_csv(out / "leaderboard.csv").set_index("model")
+    pg = pd.read_csv(out / "per_gene.csv")
+    pf = pd.read_csv(out / "per_fold.csv")
+    run = json.loads((out / "run.json").read_text())
+    gs = run["gene_selection"]
+    assert gs["select"] == "hvg" and gs["flavor"] == "seurat" and gs["n_store_genes"] == 8
+    assert set(gs["n_per_fold"].values()) == {4} and gs["n_refit"] == 4
+    assert (pf["n_genes"] == 4).all() and lb.loc["ridge", "genes"].startswith("hvg:4 seurat")
+    with h5py.File(out / "predictions.h5") as f:
+        root = list(f["genes"].asstr()[()])
+        assert len(root) == gs["n_union"] and 4 <= len(root) <= 8
+        cs, per_gene = [], {}
+        for k in sorted(x for x in f if x.startswith("fold_")):
+            g_ = f[k]
+            fg = list(g_["genes"].asstr()[()])
+            assert [root[i] for i in g_["gene_index"][()]] == fg
+            t, p, s = g_["truth"][()], g_["pred/ridge"][()], g_["sample"].asstr()[()]
+            assert t.shape[1] == p.shape[1] == 4
+            cs.append((cellwise_spearman(t, p, s), genewise_pearson(t, p), mse(t, p, s)))
+            for j, gene in enumerate(fg):
+                per_gene.setdefault(gene, []).append(np.corrcoef(t[:, j], p[:, j])[0, 1])
+    cs = np.asarray(cs)
+    assert lb.loc["ridge", "cellwise_spearman_mean"] == pytest.approx(cs[:, 0].mean())
+    assert lb.loc["ridge", "genewise_pearson_mean"] == pytest.approx(cs[:, 1].mean())
+    assert lb.loc["ridge", "mse_mean"] == pytest.approx(cs[:, 2].mean())
+    r = pg[pg["model"] == "ridge"].set_index("gene")
+    assert set(r.index) == set(per_gene)  # rows only for genes some fold selected
+    for gene, v in per_gene.items():
+        assert r.loc[gene, "n_folds"] == len(v)
+        assert r.loc[gene, "pearson_mean"] == pytest.approx(np.mean(v), abs=1e-6)
+    html = (out / "report.html").read_text()
+    assert "highly variable" in html and "training rows only" in html
+
+    # explain: fold models, genes selected in every fold only
+    res, info = explain_run(out, cells=20, top_genes=2, models=["ridge"], show_progress=False)
+    common = set.intersection(*(set(v) for v in _fold_genes(out).values()))
+    assert info["genes"] and set(info["genes"]) <= common
+    assert not [w for w in info["warnings"] if "differ" in w]  # reloaded models reproduce
+    res, info = explain_run(out, cells=10, top_genes=1, models=["ridge"], refit=True,
+                            show_progress=False)
+    assert res["ridge"].values.shape[-1] == len(info["genes"])
+    # predict: the refit model's genes only
+    sub = predict_submission(out, store, tmp_path / "sub.csv", model="ridge", group="all",
+                             show_progress=False)
+    assert sub.n_genes == 4
+    got = pd.read_csv(tmp_path / "sub.csv")
+    assert got["gene"].nunique() == 4 and set(got["gene"]) <= set(f"GENE{i}" for i in range(8))
+
+
+def test_gene_list_selection_and_unknown_genes(tmp_path, store):
+    lst = tmp_path / "genes.txt"
+    lst.write_text("# my panel\nGENE5\nGENE1\n\nGENE6  # trailing comment\n")
+    out = run_compare(store, {**FAST, "models": ["ridge"],
+                              "genes": {"select": "list", "file": str(lst)}},
+                      tmp_path / "r", show_progress=False, render=False)
+    assert all(v == ["GENE1", "GENE5", "GENE6"] for v in _fold_genes(out).values())
+    with h5py.File(out / "predictions.h5") as f:
+        assert list(f["genes"].asstr()[()]) == ["GENE1", "GENE5", "GENE6"]
+        assert f["fold_0/pred/ridge"].shape[1] == 3
+    run = json.loads((out / "run.json").read_text())
+    assert run["gene_selection"]["file_sha256"] and run["store"]["n_genes"] == 8
+    from tabst.models.base import TabstModel
+
+    assert TabstModel.load(out / "models/ridge/all").target_names_ == ["GENE1", "GENE5", "GENE6"]
+    assert set(pd.read_csv(out / "per_gene.csv")["gene"]) == {"GENE1", "GENE5", "GENE6"}
+
+    bad = tmp_path / "bad.txt"
+    bad.write_text("GENE1\nACTB\ngene2\n")
+    with pytest.raises(TabstError) as e:
+        run_compare(store, {**FAST, "models": ["ridge"],
+                            "genes": {"select": "list", "file": str(bad)}},
+                    tmp_path / "bad", show_progress=False)
+    assert str(bad) in str(e.value) and "ACTB" in str(e.value) and "gene2" in str(e.value)
+    assert "GENE1," not in str(e.value) and not (tmp_path / "bad").exists()
+
+
+@pytest.mark.parametrize("genes, key", [
+    ({"select": "top"}, "genes.select"), ({"select": "hvg", "k": 0}, "genes.k"),
+    ({"select": "hvg", "flavor": "cellranger"}, "genes.flavor"),
+    ({"select": "list"}, "genes.file"), ({"select": "list", "file": "/no/such.txt"}, "genes.file"),
+    ({"n": 3}, "genes.n"),
+])
+def test_gene_selection_config_errors(genes, key):
+    with pytest.raises(TabstError) as e:
+        load_config({**FAST, "genes": genes})
+    assert key in str(e.value)
+
+
+def test_cli_genes_sugar(tmp_path, store):
+    from tabst.genes import parse_genes_option
+
+    assert parse_genes_option("all") == {"select": "all"}
+    assert parse_genes_option("hvg:50") == {"select": "hvg", "k": 50}
+    assert parse_genes_option("hvg:50:seurat") == {"select": "hvg", "k": 50, "flavor": "seurat"}
+    assert parse_genes_option("panel.txt") == {"select": "list", "file": "panel.txt"}
+    with pytest.raises(TabstError, match="hvg:K"):
+        parse_genes_option("hvg:many")
+    assert load_config("default", ["genes.flavor=seurat"], genes="hvg:7")["genes"] == {
+        "select": "hvg", "file": None, "k": 7, "flavor": "seurat"}
+    out = tmp_path / "r"
+    r = CliRunner().invoke(app, ["compare", store, "--config", _cfg(tmp_path), "--models", "ridge",
+                                 "--genes", "hvg:2", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert "hvg:2" in r.output
+    assert all(len(v) == 2 for v in _fold_genes(out).values())
+    assert yaml.safe_load((out / "config.yaml").read_text())["genes"]["k"] == 2
+    r = CliRunner().invoke(app, ["compare", store, "--models", "ridge", "--genes",
+                                 str(tmp_path / "missing.txt"), "--out", str(tmp_path / "m")])
+    assert r.exit_code == 1 and "missing.txt" in r.output

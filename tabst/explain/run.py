@@ -120,6 +120,33 @@ class Run:
         with h5py.File(self.dir / "predictions.h5", "r") as f:
             return [str(g) for g in read_strings(f["genes"])]
 
+    def fold_genes(self, fold: int) -> list[str]:
+        """Genes (truth / pred columns) of fold ``fold`` in predictions.h5: ``fold_<k>/genes``
+        when the run selected genes per fold, else the root ``genes``."""
+        import h5py
+
+        from ..store import read_strings
+
+        with h5py.File(self.dir / "predictions.h5", "r") as f:
+            ds = f[f"fold_{fold}/genes"] if f"fold_{fold}/genes" in f else f["genes"]
+            return [str(g) for g in read_strings(ds)]
+
+    def explainable_genes(self, models: Sequence[str], refit: bool = False) -> list[str]:
+        """Genes that every fold selected (and, with ``refit``, every refit model of ``models``
+        learned), in the run's gene order: with a per-fold gene selection (``genes: hvg``) only
+        these can be explained for all held-out cells."""
+        keep = set(self.genes())
+        for k in self.folds():
+            keep &= set(self.fold_genes(k))
+        if refit:
+            for m in models:
+                mj = self.model_dir(m, None) / "model.json"
+                if mj.exists():
+                    names = json.loads(mj.read_text()).get("target_names")
+                    if names is not None:
+                        keep &= {str(g) for g in names}
+        return [g for g in self.genes() if g in keep]
+
     def gene_scores(self, model: str) -> dict:
         if self.per_gene is None:
             return {}
@@ -164,15 +191,26 @@ def best_per_gene(run: Run, models: Sequence[str], genes: Sequence[str], default
     return out
 
 
-def choose_genes(run: Run, best: str, genes: Sequence[str] | None, top_genes: int) -> list[str]:
-    """Named genes (validated) + the best model's ``top_genes`` genes by gene-wise Pearson."""
-    all_genes = run.genes()
+def choose_genes(run: Run, best: str, genes: Sequence[str] | None, top_genes: int,
+                 candidates: Sequence[str] | None = None) -> list[str]:
+    """Named genes (validated) + the best model's ``top_genes`` genes by gene-wise Pearson.
+
+    ``candidates``: the genes that can be explained (default: every gene of the run; with a
+    per-fold gene selection, :meth:`Run.explainable_genes`)."""
+    run_genes = run.genes()
+    all_genes = list(run_genes) if candidates is None else list(candidates)
     out = []
     for g in genes or []:
-        if g not in all_genes:
-            close = [x for x in all_genes if x.lower().startswith(str(g).lower()[:3])][:8]
-            raise TabstError(f"gene {g!r} is not in the run (it has {len(all_genes)} genes"
+        if g not in run_genes:
+            close = [x for x in run_genes if x.lower().startswith(str(g).lower()[:3])][:8]
+            raise TabstError(f"gene {g!r} is not in the run (it has {len(run_genes)} genes"
                              + (f"; similar: {', '.join(close)}" if close else "") + ").")
+        if g not in all_genes:
+            raise TabstError(f"gene {g!r} was not selected in every fold of the run (gene "
+                             "selection per fold, see run.json gene_selection) or not learned by "
+                             f"the refit model, so not every held-out cell has a prediction of it;"
+                             f" {len(all_genes)} genes can be explained"
+                             + (f", e.g. {', '.join(all_genes[:8])}" if all_genes else "") + ".")
         if g not in out:
             out.append(g)
     if top_genes and top_genes > 0:
@@ -247,9 +285,10 @@ def explain_run(run_dir, *, genes: Sequence[str] | None = None, top_genes: int =
         raise TabstError(f"{run.dir}: the {what} are missing for "
                          f"{', '.join(sorted({m for m, _ in missing}))}: {fix}.")
     best = choose_best(run, models)
-    genes = choose_genes(run, best, genes, top_genes)
-    all_genes = run.genes()
-    gidx = [all_genes.index(g) for g in genes]
+    genes = choose_genes(run, best, genes, top_genes,
+                         candidates=run.explainable_genes(models, refit))
+    fold_genes = {k: run.fold_genes(k) for k in folds}
+    gidx_fold = {k: [fold_genes[k].index(g) for g in genes] for k in folds}
     store_path = run.store_path(store)
     rng = np.random.default_rng(seed)
     warn = []
@@ -274,8 +313,8 @@ def explain_run(run_dir, *, genes: Sequence[str] | None = None, top_genes: int =
                 "x": g["x"][()][pick] if "x" in g else None,
                 "y": g["y"][()][pick] if "y" in g else None,
                 # sorted fancy reads: only the picked rows leave the disk
-                "truth": g["truth"][pick][:, gidx].astype(np.float32),
-                "pred": {m: g[f"pred/{m}"][pick][:, gidx] for m in models
+                "truth": g["truth"][pick][:, gidx_fold[k]].astype(np.float32),
+                "pred": {m: g[f"pred/{m}"][pick][:, gidx_fold[k]] for m in models
                          if f"pred/{m}" in g},
             }
 
@@ -304,9 +343,15 @@ def explain_run(run_dir, *, genes: Sequence[str] | None = None, top_genes: int =
                     if pbar is not None:
                         p.update(task, description=f"explain · fold {k} · {m}")
                     model = load_model(run.model_dir(m, fkey))
-                    if list(getattr(model, "target_names_", all_genes)) != all_genes:
+                    mgenes = list(getattr(model, "target_names_", fold_genes[k]))
+                    if not refit and mgenes != fold_genes[k]:
                         raise TabstError(f"{run.model_dir(m, fkey)}: the model's genes differ from "
-                                         "the run's predictions.h5.")
+                                         f"fold {k} of the run's predictions.h5.")
+                    if any(g not in mgenes for g in genes):
+                        raise TabstError(f"{run.model_dir(m, fkey)}: the model did not learn "
+                                         f"gene(s) {', '.join(g for g in genes if g not in mgenes)}"
+                                         ".")
+                    gidx = [mgenes.index(g) for g in genes]
                     bg = None
                     if background and background > 0 and accepts_background(model):
                         bg = _background(f, fb, fold_rows, k, refit, background, rng)

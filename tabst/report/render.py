@@ -160,8 +160,12 @@ def fig_cost(lb, labels, dpi):
     return _b64png(fig, dpi)
 
 
-def fig_spatial(pred_file, sample, genes_show, models_show, labels, dpi):
-    """Measured vs predicted expression maps of a few genes on one held-out sample."""
+def fig_spatial(pred_file, sample, genes_show, models_show, labels, dpi, n_show=None):
+    """Measured vs predicted expression maps of a few genes on one held-out sample.
+
+    ``genes_show`` are candidates in order; the first ``n_show`` (default all) that the sample's
+    fold predicted are drawn (with a per-fold gene selection a fold may lack some genes).
+    Returns ``(png, column titles, genes drawn)``."""
     import h5py
 
     plt = _setup_mpl()
@@ -175,7 +179,12 @@ def fig_spatial(pred_file, sample, genes_show, models_show, labels, dpi):
                     grp, mask = f[k], s == sample
                     break
         if grp is None:
-            return None, []
+            return None, [], []
+        if "genes" in grp:  # this fold's own columns
+            genes = [g.decode() if isinstance(g, bytes) else str(g) for g in grp["genes"][()]]
+        genes_show = [g for g in genes_show if g in genes][:n_show]
+        if not genes_show:
+            return None, [], []
         x, y = grp["x"][()][mask], grp["y"][()][mask]
         gi = [genes.index(g) for g in genes_show]
         truth = grp["truth"][()][mask][:, gi]
@@ -208,7 +217,7 @@ def fig_spatial(pred_file, sample, genes_show, models_show, labels, dpi):
             if c == 0:
                 ax.set_ylabel(g, fontsize=14)
         fig.colorbar(sc, ax=list(axes[r, :]), shrink=0.85, pad=0.01)
-    return _b64png(fig, dpi), [c[0] for c in cols]
+    return _b64png(fig, dpi), [c[0] for c in cols], list(genes_show)
 
 
 # --------------------------------------------------------------------------------------------
@@ -283,7 +292,7 @@ def _context(R: dict, run_dir: Path, dpi: int, run_name: str) -> dict:
         worst_genes = [to_row(r) for _, r in g.tail(nb).iloc[::-1].iterrows()] if nb else []
         const_genes = g.loc[g["n_folds_constant_truth"] > 0, "gene"].tolist()
         usable = g[g["n_folds_constant_truth"] == 0]
-        map_genes = usable["gene"].head(int(rep["n_map_genes"])).tolist()
+        map_genes = usable["gene"].tolist() if int(rep["n_map_genes"]) > 0 else []
     spatial_sample, spatial_cols = None, []
     if map_genes and ok_models:
         spatial_sample = rep.get("map_sample")
@@ -293,9 +302,9 @@ def _context(R: dict, run_dir: Path, dpi: int, run_name: str) -> dict:
             spatial_sample = str(cnt.idxmax()) if cnt is not None and len(cnt) else None
         show = [gene_model] + [m for m in ok_models if m not in (gene_model, "mean")][:1]
         if spatial_sample:
-            figs["spatial"], spatial_cols = fig_spatial(run_dir / "predictions.h5",
-                                                        str(spatial_sample), map_genes, show,
-                                                        labels, dpi)
+            figs["spatial"], spatial_cols, map_genes = fig_spatial(
+                run_dir / "predictions.h5", str(spatial_sample), map_genes, show, labels, dpi,
+                n_show=int(rep["n_map_genes"]))
 
     emb = run.get("embedding") or {}
     eattrs = (emb.get("attrs") or {}) if isinstance(emb, dict) else {}
@@ -318,6 +327,7 @@ def _context(R: dict, run_dir: Path, dpi: int, run_name: str) -> dict:
         "embedding_attrs": [(k, _short(v)) for k, v in eattrs.items()
                             if k not in ("description",)],
         "store": store, "samples_info": store.get("samples") or {},
+        "gene_selection": _gene_selection_text(run),
         "features": run.get("features") or {}, "feature_spec": run.get("feature_spec") or {},
         "folds": run.get("folds") or [], "versions": [(k, v) for k, v in versions.items() if v],
         "seeds": run.get("seeds") or {}, "timing": run.get("timing") or {},
@@ -325,6 +335,28 @@ def _context(R: dict, run_dir: Path, dpi: int, run_name: str) -> dict:
         "command": " ".join(run.get("command") or []),
         "fmt": _fmt,
     }
+
+
+def _gene_selection_text(run: dict) -> str:
+    """One sentence on the run's gene selection (run.json ``gene_selection``)."""
+    g = run.get("gene_selection") or {}
+    n_store = g.get("n_store_genes", (run.get("store") or {}).get("n_genes", "?"))
+    sel = g.get("select", "all")
+    if sel == "all":
+        return f"all {n_store} genes of the store"
+    per = g.get("n_per_fold") or {}
+    nums = sorted(set(per.values()))
+    per_txt = (str(nums[0]) if len(nums) == 1 else f"{nums[0]}–{nums[-1]}") if nums else "?"
+    if sel == "list":
+        return (f"{per_txt} of {n_store} genes from the list {g.get('file', '?')} "
+                f"(sha256 {str(g.get('file_sha256', ''))[:12]})")
+    refit = g.get("n_refit")
+    return (f"top {g.get('k')} highly variable genes ({g.get('flavor')}) selected inside each fold "
+            f"on its training rows only: {per_txt} of {n_store} genes per fold, "
+            f"{g.get('n_union', '?')} in some fold, {g.get('n_all_folds', '?')} in every fold; "
+            "each fold is scored on its own genes and per-gene scores average over the folds that "
+            "selected the gene" + (f"; the refit models use {refit} genes selected on all rows"
+                                   if refit else ""))
 
 
 def _short(v, n: int = 300) -> str:
