@@ -23,10 +23,18 @@ Generative model (per sample; 2 tissues with different compartment mixes):
 cells sit on a jittered grid, thinned with compartment-dependent density; compartments
 (tumour / stroma / immune) come from smooth random fields; cell types are drawn from a
 tissue x compartment composition; each type has its own nuclear area, aspect ratio and
-hematoxylin load. After rendering, the driver features are *measured* from the mask and the
+hematoxylin load, area and aspect ratio varying independently within a type (so no axis length
+is a near-copy of the area). After rendering, the driver features are *measured* from the mask and the
 image exactly as a feature extractor would, and expression is drawn from them:
-``log mu = gene baseline + type program + compartment + tissue + sample batch + driver effects``,
-counts ~ negative binomial (dispersion 5) around ``size_factor x mu``.
+``log mu = gene baseline + type program + compartment + tissue + sample batch`` for every gene
+but the driver genes, whose mean is set so that their *normalised* expression is linear in the
+measured driver: ``E[X] ~ 1.2 + 0.3 x effect x z(driver)`` (a driver gene's expected share of
+the cell's counts is ``expm1(that) / 100``; see :func:`_driver_means`); counts ~ negative
+binomial (dispersion 5) around ``size_factor x mu``, with the other genes scaled to 400 counts
+per cell on average whatever the panel size. Linear in X, because X is what the models
+predict and explain: a log-linear driver effect at these expression levels makes X convex in
+the driver, and then a monotone transform of it (an axis length for nuclear area) is a better
+linear proxy than the driver itself.
 
 :func:`run_demo` = generate + ingest (later: embed -> compare -> explain).
 """
@@ -46,20 +54,27 @@ PATCH = 32  # px, side of the patch used for the hematoxylin_mean driver
 _R_MAX = 14  # px, largest nuclear semi-axis drawn
 PIXEL_SIZE_UM = 1.0
 NB_DISPERSION = 5.0
+# driver genes: expected X = DRIVER_LEVEL + DRIVER_SCALE x effect x z(driver), clipped
+DRIVER_LEVEL, DRIVER_SCALE, DRIVER_MIN, DRIVER_MAX = 1.2, 0.3, 0.05, 2.6
+LIBRARY_COUNTS = 400.0  # mean counts per cell of the genes other than the driver genes
 
 DEFAULT_SIZE = {"n_samples": 4, "cells_per_sample": 3000, "n_genes": 460}
 QUICK_SIZE = {"n_samples": 3, "cells_per_sample": 150, "n_genes": 40}
 
 TISSUES = ("tissue_A", "tissue_B")
 COMPARTMENTS = ("tumour", "stroma", "immune")
-# name, nuclear area (px^2, median), log-sd of area, aspect ratio (major/minor), hematoxylin OD
+# name, nuclear area (px^2, median), log-sd of area, aspect ratio (major/minor, median),
+# hematoxylin OD. Within a type, area and aspect ratio vary independently with similar log-sds
+# (area: the column; aspect: ASPECT_LOG_SD), so neither axis length is a near-copy of the area
+# or of the elongation: each driver is identifiable from its own feature.
 CELL_TYPES = (
-    ("epithelial", 72.0, 0.22, 1.35, 0.085),
-    ("lymphocyte", 26.0, 0.15, 1.08, 0.130),
-    ("fibroblast", 42.0, 0.22, 3.20, 0.070),
-    ("macrophage", 55.0, 0.20, 1.45, 0.055),
-    ("endothelial", 34.0, 0.20, 2.60, 0.080),
+    ("epithelial", 72.0, 0.28, 1.35, 0.085),
+    ("lymphocyte", 26.0, 0.22, 1.08, 0.130),
+    ("fibroblast", 42.0, 0.28, 3.20, 0.070),
+    ("macrophage", 55.0, 0.26, 1.45, 0.055),
+    ("endothelial", 34.0, 0.26, 2.60, 0.080),
 )
+ASPECT_LOG_SD = 0.28
 # P(type | tissue, compartment); rows = compartments, columns = CELL_TYPES
 COMPOSITION = {
     "tissue_A": [[0.78, 0.07, 0.06, 0.06, 0.03],
@@ -72,7 +87,7 @@ COMPOSITION = {
 COMPARTMENT_BIAS = {"tissue_A": (0.35, 0.0, -0.25), "tissue_B": (-0.1, 0.35, -0.15)}
 DENSITY = {"tumour": 1.3, "stroma": 0.55, "immune": 1.8}
 
-# driver genes: name -> (driver, effect on log mean per SD of the driver)
+# driver genes: name -> (driver, effect); E[X] moves by DRIVER_SCALE x effect per SD of the driver
 DRIVER_GENES = {
     "MORPH_AREA_1": ("nucleus_area", +1.0),
     "MORPH_AREA_2": ("nucleus_area", +0.7),
@@ -150,7 +165,7 @@ def _draw_nuclei(rng, x, y, types, side):
     sd = np.array([t[2] for t in CELL_TYPES])[types]
     aspect0 = np.array([t[3] for t in CELL_TYPES])[types]
     area = med_area * np.exp(rng.normal(0, 1, n) * sd)
-    aspect = np.maximum(1.0, aspect0 * np.exp(rng.normal(0, 0.15, n)))
+    aspect = np.maximum(1.0, aspect0 * np.exp(rng.normal(0, ASPECT_LOG_SD, n)))
     a = np.minimum(np.sqrt(area * aspect / np.pi), _R_MAX - 0.5)  # semi-major, px
     b = np.maximum(np.sqrt(area / (np.pi * aspect)), 1.0)  # semi-minor, px
     rot = rng.uniform(-np.pi, np.pi, n)
@@ -276,26 +291,49 @@ def _expression(rng, n_genes, cells, feats, sample_of, tissue_of, n_samples):
             base[j] = np.log(0.3)
             W_comp[j] = 0.0
             W_comp[j, COMPARTMENTS.index(c)] = 1.8
-    z = {k: (v - v.mean()) / (v.std() + 1e-12) for k, v in feats.items()}
-    for g, (drv, beta) in DRIVER_GENES.items():
-        j = gi[g]
-        base[j] = np.log(3.0)
-        W_type[j] = W_comp[j] = W_tissue[j] = 0.0
-        W_batch[j] = 0.0
     eta = (base[None, :] + W_type.T[cells["type"]] + W_comp.T[cells["compartment"]]
            + W_tissue.T[tissue_of] + W_batch.T[sample_of])
-    effects = np.zeros((N, G))
-    for g, (drv, beta) in DRIVER_GENES.items():
-        effects[:, gi[g]] = beta * z[drv]
-    eta += effects
     size = np.exp(rng.normal(0, 0.25, N)) * (feats["nucleus_area"] / feats["nucleus_area"].mean()
                                             ) ** 0.3
     mu = size[:, None] * np.exp(eta)
+    cols = [gi[g] for g in DRIVER_GENES]
+    # sequencing depth independent of the panel size: the other genes average LIBRARY_COUNTS
+    mu *= LIBRARY_COUNTS / np.delete(mu, cols, axis=1).sum(1).mean()
+    mu[:, cols] = _driver_means(feats, mu, cols)
     p = NB_DISPERSION / (NB_DISPERSION + mu)
     counts = rng.negative_binomial(NB_DISPERSION, p).astype(np.int32)
     total = counts.sum(1, keepdims=True).astype(np.float64)
     norm = np.log1p(counts / np.maximum(total, 1) * 100.0).astype(np.float32)
     return genes, counts, norm, markers, comps
+
+
+def _driver_targets(feats) -> np.ndarray:
+    """Expected normalised expression of each driver gene, [N, len(DRIVER_GENES)].
+
+    ``DRIVER_LEVEL + DRIVER_SCALE x effect x z(driver)``, linear in the *measured* driver
+    (z = standardised over all cells), clipped to [``DRIVER_MIN``, ``DRIVER_MAX``].
+    """
+    z = {k: (v - v.mean()) / (v.std() + 1e-12) for k, v in feats.items()}
+    t = np.stack([DRIVER_LEVEL + DRIVER_SCALE * beta * z[drv]
+                  for drv, beta in DRIVER_GENES.values()], 1)
+    return np.clip(t, DRIVER_MIN, DRIVER_MAX)
+
+
+def _driver_means(feats, mu, cols) -> np.ndarray:
+    """Mean counts of the driver genes so that their *normalised* expression is linear in
+    their drivers.
+
+    The target ``t`` (:func:`_driver_targets`) is on the scale of X = log1p(count/total x 100),
+    so a driver gene's expected share of the cell's counts is ``f = expm1(t) / 100``. With
+    ``R`` the summed mean of the other genes, ``mu_g = f_g R / (1 - sum f)`` gives each driver
+    gene exactly share ``f_g`` of the expected total: no driver leaks into another driver
+    gene through the total (a log-linear mean would make X ~ exp(effect) at these expression
+    levels -- convex in the driver, so a monotone transform such as an axis length, not the
+    driver itself, would be the best linear proxy).
+    """
+    f = np.expm1(_driver_targets(feats)) / 100.0
+    rest = np.delete(mu, cols, axis=1).sum(1, keepdims=True)
+    return f * rest / (1.0 - f.sum(1, keepdims=True))
 
 
 def _spearman(a, b) -> float:
@@ -423,7 +461,8 @@ def generate_demo_inputs(out_dir, seed: int = 0, quick: bool = False, *,
     for g, (drv, beta) in DRIVER_GENES.items():
         rho = _spearman(feats[drv], norm[:, gi[g]])
         driver_genes[g] = {"driver": drv, "sign": int(np.sign(beta)),
-                           "effect_log_mean_per_sd": beta,
+                           "effect": beta,
+                           "expected_X_per_sd": round(beta * DRIVER_SCALE, 4),
                            "observed_spearman": round(float(rho), 3)}
     names = list(DRIVERS)
     corr = np.corrcoef(np.stack([feats[k] for k in names]))
@@ -441,8 +480,12 @@ def generate_demo_inputs(out_dir, seed: int = 0, quick: bool = False, *,
                        for t in CELL_TYPES},
         "compartments": {c: {"genes": comps[c], "density": DENSITY[c]} for c in COMPARTMENTS},
         "composition": COMPOSITION,
-        "model": "log mu = baseline + type program + compartment + tissue + sample batch + "
-                 "driver effects (per SD of the measured driver); counts ~ NB(mean = size x mu, "
+        "model": "log mu = baseline + type program + compartment + tissue + sample batch "
+                 "(genes other than the driver genes); driver gene g: expected X = "
+                 f"clip({DRIVER_LEVEL} + {DRIVER_SCALE} x effect_g x z(driver_g), {DRIVER_MIN}, "
+                 f"{DRIVER_MAX}) with z the measured driver standardised over all cells, i.e. "
+                 "mu_g = f_g x (sum of the other genes' mu) / (1 - sum of f), "
+                 "f = expm1(expected X) / 100; counts ~ NB(mean = size x mu, "
                  f"dispersion {NB_DISPERSION}); X = {TRANSFORM}",
         "n_cells": int(N), "genes": genes,
     }
