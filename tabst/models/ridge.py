@@ -316,10 +316,6 @@ class RidgeModel(TabstModel):
         def fold_job(f):
             return _fold_sse(total.minus(stats[f]), stats[f], alphas)
 
-        def refit_job():
-            mx, s, my, Cs, b = _standardised(total)
-            lam, V = _eigh(Cs)
-            return mx, s, my, lam, V, V.T @ b
 
         # The folds (and the final eigendecomposition) are independent: run them side by side,
         # one BLAS thread each, on as many workers as BLAS had threads. A 1024² eigensolver
@@ -331,19 +327,26 @@ class RidgeModel(TabstModel):
             from threadpoolctl import threadpool_limits
 
             with threadpool_limits(limits=1), ThreadPoolExecutor(workers) as ex:
-                refit = ex.submit(refit_job)
                 sses = list(ex.map(fold_job, range(nf)))
-                mx, s, my, lam, V, Bt = refit.result()
         else:
             sses = [fold_job(f) for f in range(nf)]
-            mx, s, my, lam, V, Bt = refit_job()
         fold_mse = np.stack([sse / val.n for sse, val in zip(sses, stats)])
         self.alphas_ = alphas
         self.cv_fold_mse_ = fold_mse
         self.cv_mse_ = np.sum(sses, axis=0) / sum(val.n for val in stats)
         best = np.argmin(self.cv_mse_, axis=0)  # first minimum → smallest α on ties
         self.alpha_ = alphas[best]
-        self.coef_ = V @ (Bt / (lam[:, None] + self.alpha_[None, :]))
+        # final refit on all training rows: one Cholesky solve per distinct chosen α
+        # ((C + αI) is positive definite for α > 0), cheaper than another eigendecomposition
+        from scipy.linalg import cho_factor, cho_solve
+
+        mx, s, my, Cs, b = _standardised(total)
+        self.coef_ = np.empty_like(b)
+        eye = np.eye(Cs.shape[0])
+        for a in np.unique(self.alpha_):
+            cols = self.alpha_ == a
+            self.coef_[:, cols] = cho_solve(cho_factor(Cs + a * eye, check_finite=False),
+                                            b[:, cols], check_finite=False)
         self.mean_x_, self.scale_x_ = mx + total.shift_x, s
         self.mean_y_ = my + total.shift_y
 
