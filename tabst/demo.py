@@ -570,21 +570,24 @@ def check_drivers(run_dir, truth_path) -> Path:
     import h5py
 
     from .explain import read_attributions, top_readable_feature
+    from .store import get_str_list
 
     truth = json.loads(Path(truth_path).read_text())["driver_genes"]
     att = Path(run_dir) / "attributions.h5"
-    with h5py.File(att, "r") as f:
+    with h5py.File(att, "r") as f:  # read the file once; rank from the in-memory results
         best = str(f.attrs.get("best_model", ""))
-    models = list(read_attributions(att))
-    models = ([best] if best in models else []) + [m for m in models if m != best]
+        per_gene = (dict(zip(get_str_list(f, "genes"), get_str_list(f, "best_model_per_gene")))
+                    if "best_model_per_gene" in f.attrs else {})
+    results = read_attributions(att)
+    models = ([best] if best in results else []) + [m for m in results if m != best]
     rows = []
     for gene, t in truth.items():
         per_model = {}
         for m in models:
-            top = top_readable_feature(att, gene, m)
+            top = top_readable_feature(results, gene, m)
             per_model[m] = {"top_feature": top, "match": top == t["driver"]}
-        top = top_readable_feature(att, gene)  # the gene's best model, as in the report
-        gene_best = _gene_best_model(att, gene) or best
+        gene_best = per_gene.get(gene, best)  # whose explanation the report shows
+        top = per_model[gene_best]["top_feature"]
         rows.append({"gene": gene, "driver": t["driver"], "sign": t["sign"],
                      "best_model": gene_best, "top_feature": top, "match": top == t["driver"],
                      "models": per_model})
@@ -593,15 +596,3 @@ def check_drivers(run_dir, truth_path) -> Path:
                                "recovered": sum(r["match"] for r in rows), "of": len(rows)},
                               indent=2))
     return out
-
-
-def _gene_best_model(att, gene: str):
-    import h5py
-
-    from .store import get_str_list
-
-    with h5py.File(att, "r") as f:
-        if "best_model_per_gene" not in f.attrs:
-            return None
-        per_gene = dict(zip(get_str_list(f, "genes"), get_str_list(f, "best_model_per_gene")))
-    return per_gene.get(gene)

@@ -114,6 +114,16 @@ def resolve_path(store_path, rel: str) -> Path:
     return p if p.is_absolute() else Path(store_path).resolve().parent / p
 
 
+def recorded_path(store_path, sample: str, attrs: dict, *, what: str, remedy: str) -> Path:
+    """The required ``path`` attr of ``/images/<sample>``, resolved; a StoreError naming the
+    sample and ``remedy`` (e.g. "re-run `tabst ingest hest`") when it is missing."""
+    rel = str(attrs.get("path", "") or "")
+    if not rel:
+        raise StoreError(f"/images/{sample} has no 'path' attr: no {what} recorded for this "
+                         f"sample. {remedy}")
+    return resolve_path(store_path, rel)
+
+
 def sample_attrs(store, sample: str) -> dict:
     """Plain-Python attrs of ``/images/<sample>`` of an open store or store path."""
     from .store import attrs_dict, opened
@@ -280,11 +290,8 @@ class FileImage:
 
     def __init__(self, store_path: Path, sample: str, attrs: dict):
         self.store_path, self.sample, self.attrs = Path(store_path), sample, attrs
-        rel = str(attrs.get("path", "") or "")
-        if not rel:
-            raise StoreError(f"/images/{sample} has no 'path' attr: no image recorded for this "
-                             "sample. Re-run the ingest with the sample's image.")
-        self.path = resolve_path(store_path, rel)
+        self.path = recorded_path(store_path, sample, attrs, what="image",
+                                  remedy="Re-run the ingest with the sample's image.")
         mrel = str(attrs.get("mask_path", "") or "")
         self.mask_file = resolve_path(store_path, mrel) if mrel else None
         self.has_mask = self.mask_file is not None

@@ -730,15 +730,12 @@ class ZarrSampleImage:
 
     def __init__(self, store_path, sample: str = "", attrs: dict | None = None, *,
                  cache_mb: float = 256):
-        from ..images import resolve_path
+        from ..images import recorded_path, resolve_path
 
         attrs = dict(attrs or {})
         self.sample = sample
-        rel = str(attrs.get("path", "") or "")
-        if not rel:
-            raise TabstError(f"/images/{sample} has no 'path' attr: no zarr recorded for this "
-                             "sample. Re-run `tabst ingest crunch`.")
-        path = resolve_path(store_path, rel)
+        path = recorded_path(store_path, sample, attrs, what="zarr",
+                             remedy="Re-run `tabst ingest crunch`.")
         mrel = str(attrs.get("mask_path", "") or "")
         mask_path = resolve_path(store_path, mrel) if mrel else path
         self._open(path, str(attrs.get("element", "") or IMAGE_ELEMENT),

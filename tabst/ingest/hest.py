@@ -24,7 +24,7 @@ from typing import Sequence
 import numpy as np
 import scipy.sparse as sp
 
-from ..errors import InputError, StoreError
+from ..errors import InputError
 from .spots import SpotSection
 
 HEST_PATCH_PIXEL_SIZE_UM = 0.5  # HEST-1k patches: 224 px at 0.5 um/px
@@ -246,14 +246,11 @@ class HestPatches:
     has_mask = False
 
     def __init__(self, store_path: Path, sample: str, attrs: dict):
-        from ..images import resolve_path
+        from ..images import recorded_path
 
         self.store_path, self.sample, self.attrs = Path(store_path), sample, attrs
-        rel = str(attrs.get("path", "") or "")
-        if not rel:
-            raise StoreError(f"/images/{sample} (hest-patches) has no 'path' attr; re-run "
-                             "`tabst ingest hest`.")
-        self.path = resolve_path(store_path, rel)
+        self.path = recorded_path(store_path, sample, attrs, what="HEST patches file",
+                                  remedy="Re-run `tabst ingest hest`.")
         self.key = str(attrs.get("dataset", "img") or "img")
         self._f = None
 
