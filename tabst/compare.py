@@ -327,7 +327,8 @@ def _compare_in(f, cfg, tmp: Path, REGISTRY, FeatureBuilder, load_targets, rows_
                 Ytr, Yte = Y[fold.train], Y[fold.test]
             else:
                 Ytr, Yte = Y[np.ix_(fold.train, cols)], Y[np.ix_(fold.test, cols)]
-            put(g, "truth", Yte, description="measured expression [cells, genes of this fold]")
+            put(g, "truth", Yte, description="measured expression [cells, genes of this fold]",
+                compression="fast")
             pg = g.create_group("pred")
             pg.attrs["description"] = ("predictions [cells, genes of this fold], one dataset per "
                                        "model")
@@ -349,7 +350,7 @@ def _compare_in(f, cfg, tmp: Path, REGISTRY, FeatureBuilder, load_targets, rows_
                     if P.shape != Yte.shape:
                         raise TabstError(f"predict returned shape {P.shape}, expected {Yte.shape}")
                     put(pg, name, P, description=f"predictions of {model.display_name}",
-                        label=model.display_name)
+                        label=model.display_name, compression="fast")
                     if cfg["save_fold_models"]:
                         model.save(tmp / "models" / name / f"fold_{fold.k}")
                     sc = score_fold(Yte, P, samples[fold.test],

@@ -146,8 +146,12 @@ def put(group: h5py.Group, name: str, data=None, *, description: str, unit: str 
         shape=None, dtype=None, compression: str | None = None, **attrs) -> h5py.Dataset:
     """Create a dataset with a ``description`` (and ``unit``) attr; strings become UTF-8.
 
-    Give ``data``, or ``shape`` + ``dtype`` to allocate for chunked writing.
+    Give ``data``, or ``shape`` + ``dtype`` to allocate for chunked writing. ``compression``:
+    an h5py filter name, or ``"fast"`` for byte-shuffle + gzip level 1 (floats shrink well,
+    any HDF5 reader opens it).
     """
+    filters = ({"compression": "gzip", "compression_opts": 1, "shuffle": True}
+               if compression == "fast" else {"compression": compression})
     if name in group:
         del group[name]
     if data is not None:
@@ -158,12 +162,12 @@ def put(group: h5py.Group, name: str, data=None, *, description: str, unit: str 
                                       chunks=row_chunks(arr.shape, np.float64) if arr.size else None)
         else:
             ds = group.create_dataset(name, data=arr, chunks=row_chunks(arr.shape, arr.dtype),
-                                      compression=compression)
+                                      **filters)
     else:
         dt = STR if dtype in (str, "str") else dtype
         ds = group.create_dataset(name, shape=shape, dtype=dt,
                                   chunks=row_chunks(shape, np.float64 if dt is STR else dt),
-                                  compression=compression)
+                                  **filters)
     ds.attrs["description"] = description
     if unit is not None:
         ds.attrs["unit"] = unit

@@ -102,3 +102,14 @@ def test_torch_dataset_workers_cover_all_rows(tmp_path):
     ds = torch_dataset(p, ["cells/x"], batch_size=16)
     rows = np.concatenate([b["rows"] for b in tud.DataLoader(ds, batch_size=None, num_workers=2)])
     assert sorted(rows.tolist()) == list(range(180))
+
+
+def test_put_fast_compression_round_trips(tmp_path):
+    rng = np.random.default_rng(0)
+    X = np.round(rng.gamma(1.0, 1.0, size=(500, 40)), 2).astype(np.float32)
+    with create_store(tmp_path / "c.h5") as f:
+        ds = put(f, "X", X, description="x", compression="fast")
+        assert ds.compression == "gzip" and ds.shuffle
+    with h5py.File(tmp_path / "c.h5") as f:
+        np.testing.assert_array_equal(f["X"][()], X)
+        assert f["X"].id.get_storage_size() < X.nbytes  # actually smaller on disk
