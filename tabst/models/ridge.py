@@ -72,11 +72,17 @@ class _Stats:
 
     def add(self, X, Y):
         dt = self.dtype
-        Xc = np.asarray(X, dtype=dt) - self.shift_x.astype(dt)
-        Yc = np.asarray(Y, dtype=dt) - self.shift_y.astype(dt)
-        self.n += Xc.shape[0]
-        self.sx += Xc.sum(axis=0, dtype=np.float64)
-        self.sy += Yc.sum(axis=0, dtype=np.float64)
+        Xc = np.subtract(X, self.shift_x.astype(dt), dtype=dt)   # one pass: cast + shift
+        Yc = np.subtract(Y, self.shift_y.astype(dt), dtype=dt)
+        n = Xc.shape[0]
+        self.n += n
+        if dt == np.float64:
+            self.sx += Xc.sum(axis=0)
+            self.sy += Yc.sum(axis=0)
+        else:  # column sums by BLAS gemv (float32, like the products), added to float64 totals
+            ones = np.ones(n, dtype=dt)
+            self.sx += ones @ Xc
+            self.sy += ones @ Yc
         self.xx += Xc.T @ Xc          # numpy → BLAS syrk (symmetric result)
         self.xy += Xc.T @ Yc
         self.yy += np.einsum("ij,ij->j", Yc, Yc, dtype=np.float64)
@@ -225,15 +231,20 @@ class RidgeModel(TabstModel):
         br = int(self.params["batch_rows"])
         dt = self._accum_dtype()
         sx, sy = _shifts(X[:br], Z[:br], dt)
-        stats = [_Stats(F, G, sx, sy, dt) for _ in range(nf)]
         order = np.argsort(fold, kind="stable")
         bounds = np.searchsorted(fold[order], np.arange(nf + 1))
-        for f in range(nf):
+
+        def fold_stats(f):
+            st = _Stats(F, G, sx, sy, dt)
             idx = order[bounds[f]:bounds[f + 1]]
             for s in range(0, len(idx), br):
                 j = idx[s:s + br]
-                stats[f].add(X[j], Z[j])
-        self._solve(stats)
+                if j[-1] - j[0] == len(j) - 1:  # contiguous rows (data sorted by sample): a view
+                    j = slice(int(j[0]), int(j[-1]) + 1)
+                st.add(X[j], Z[j])
+            return st
+
+        self._solve(_side_by_side(fold_stats, range(nf)))
 
     def fit_batches(self, batches: Iterable, *, feature_names=None, feature_groups=None,
                     target_names=None):
@@ -316,20 +327,7 @@ class RidgeModel(TabstModel):
         def fold_job(f):
             return _fold_sse(total.minus(stats[f]), stats[f], alphas)
 
-
-        # The folds (and the final eigendecomposition) are independent: run them side by side,
-        # one BLAS thread each, on as many workers as BLAS had threads. A 1024² eigensolver
-        # scales poorly across threads; whole folds in parallel keep every core busy.
-        workers = _blas_threads()
-        if workers > 1:
-            from concurrent.futures import ThreadPoolExecutor
-
-            from threadpoolctl import threadpool_limits
-
-            with threadpool_limits(limits=1), ThreadPoolExecutor(workers) as ex:
-                sses = list(ex.map(fold_job, range(nf)))
-        else:
-            sses = [fold_job(f) for f in range(nf)]
+        sses = _side_by_side(fold_job, range(nf))
         fold_mse = np.stack([sse / val.n for sse, val in zip(sses, stats)])
         self.alphas_ = alphas
         self.cv_fold_mse_ = fold_mse
@@ -337,16 +335,18 @@ class RidgeModel(TabstModel):
         best = np.argmin(self.cv_mse_, axis=0)  # first minimum → smallest α on ties
         self.alpha_ = alphas[best]
         # final refit on all training rows: one Cholesky solve per distinct chosen α
-        # ((C + αI) is positive definite for α > 0), cheaper than another eigendecomposition
-        from scipy.linalg import cho_factor, cho_solve
+        # ((C + αI) is positive definite for α > 0), cheaper than another eigendecomposition;
+        # the factorisations side by side (numpy's releases the GIL), the solves after
+        from scipy.linalg import cho_solve
 
         mx, s, my, Cs, b = _standardised(total)
         self.coef_ = np.empty_like(b)
         eye = np.eye(Cs.shape[0])
-        for a in np.unique(self.alpha_):
+        chosen = np.unique(self.alpha_)
+        factors = _side_by_side(lambda a: np.linalg.cholesky(Cs + a * eye), chosen)
+        for a, L in zip(chosen, factors):
             cols = self.alpha_ == a
-            self.coef_[:, cols] = cho_solve(cho_factor(Cs + a * eye, check_finite=False),
-                                            b[:, cols], check_finite=False)
+            self.coef_[:, cols] = cho_solve((L, True), b[:, cols], check_finite=False)
         self.mean_x_, self.scale_x_ = mx + total.shift_x, s
         self.mean_y_ = my + total.shift_y
 
@@ -374,6 +374,25 @@ class RidgeModel(TabstModel):
         self.cv_fold_groups_ = meta["cv_fold_groups"]
 
 
+def _side_by_side(fn, items) -> list:
+    """``[fn(i) for i in items]``, run on as many threads as BLAS has, one BLAS thread each.
+
+    The per-fold jobs (XᵀX products of a few thousand rows, a 1024² eigensolver) scale poorly
+    across BLAS threads but release the GIL, so whole jobs side by side keep every core busy
+    (measured on 2 cores: fold sums 1.0 s vs 1.4 s, fold solves ~2× faster than serial).
+    """
+    items = list(items)
+    workers = min(_blas_threads(), len(items))
+    if workers <= 1:
+        return [fn(i) for i in items]
+    from concurrent.futures import ThreadPoolExecutor
+
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1), ThreadPoolExecutor(workers) as ex:
+        return list(ex.map(fn, items))
+
+
 def _blas_threads() -> int:
     """Threads the BLAS library is set to use now (1 when unknown)."""
     try:
@@ -386,10 +405,13 @@ def _blas_threads() -> int:
 
 
 def _eigh(C):
-    """Eigendecomposition of a symmetric PSD matrix (LAPACK syevd); tiny negative λ → 0."""
-    from scipy.linalg import eigh
+    """Eigendecomposition of a symmetric PSD matrix (LAPACK syevd); tiny negative λ → 0.
 
-    lam, V = eigh(C, driver="evd", check_finite=False)
+    ``numpy.linalg.eigh`` (also syevd) rather than ``scipy.linalg.eigh``: numpy's releases the
+    GIL inside LAPACK, scipy's f2py wrapper holds it, which serialises the folds solved side by
+    side on threads (measured: 8 eighs of 1024² on 2 threads, 1.23 s vs 2.25 s with scipy).
+    """
+    lam, V = np.linalg.eigh(C)
     return np.clip(lam, 0.0, None), V
 
 
@@ -498,10 +520,8 @@ def _fold_sse(tr: _Stats, val: _Stats, alphas: np.ndarray) -> np.ndarray:
     Vs = V / s[:, None]
     p, u = Vs.T @ mx, Vs.T @ (val.sx - 0.5 * nv * mx)
     Q = Vs.T @ (val.full_xx() @ Vs)                       # [F, F], PSD
-    Q -= np.outer(p, u)
+    Q -= np.outer(p, u)      # symmetric up to the gemms' round-off, which is all that is used
     Q -= np.outer(u, p)
-    Q += Q.T
-    Q *= 0.5
     P = V.T @ xy                                          # [F, G]
     D = 1.0 / (lam[None, :] + alphas[:, None])            # [A, F]
     cross = D @ (P * Bt)                                  # [A, G]
