@@ -8,14 +8,13 @@ low-rank linear map with gene-specific signal-to-noise (so genes prefer differen
 into ``samples`` equal samples. Timed: ``sklearn.linear_model.Ridge(alpha=1.0).fit(X, Y)`` (solver
 auto → Cholesky, float32 BLAS on float32 input) and ``tabst.models.RidgeModel().fit(X, Y,
 groups)`` (default 13 α × 8 sample-folds, grouped CV, final refit, median imputer included;
-``--precision`` picks its accumulation arithmetic, default float32 like sklearn's). Both run
-under the same BLAS thread limit, ``--repeat`` times each, all sklearn fits first: a large
-copy right after tabst's threaded folds can page-fault slowly (sklearn's 355 MB of centred copies
-took 1.3 s instead of 0.06 s there), which would flatter tabst. The ratio is of the medians;
-``ratio_best`` (best vs best) is printed beside it. Goal: tabst ≤ 3 × the single sklearn fit.
-On a shared machine prefer ``--threads 1``: oversubscribed OpenBLAS threads spin, and LAPACK's
-eigensolver (many small level-2 calls) can then slow down tenfold; read ``cpu_ratio`` (process
-CPU time) beside the wall-clock ``ratio``.
+``--precision`` picks its arithmetic, default "auto": float32 like sklearn's unless the data are
+too ill-conditioned for it; the JSON says which was used). Both run under the same BLAS thread
+limit, ``--repeat`` times each, all sklearn fits first: a large copy right after tabst's
+threaded folds can page-fault slowly on this VM (sklearn's 355 MB of centred copies took 1.3 s
+instead of 0.06 s there), which would flatter tabst. The ratio is of the medians; ``ratio_best``
+(best vs best) and ``cpu_ratio`` (process CPU time) are printed beside it.
+Goal: tabst ≤ 3 × the single sklearn fit.
 Ends with one JSON line.
 """
 from __future__ import annotations
@@ -52,7 +51,7 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=0, help="BLAS threads (0 = library default)")
     ap.add_argument("--repeat", type=int, default=3,
                     help="timings per side (alternating); the medians are compared")
-    ap.add_argument("--precision", default="float32", choices=["float32", "float64"],
+    ap.add_argument("--precision", default="auto", choices=["auto", "float32", "float64"],
                     help="tabst ridge accumulation arithmetic")
     a = ap.parse_args(argv)
     from sklearn.linear_model import Ridge
@@ -93,12 +92,15 @@ def main(argv=None):
     cpu_ratio = ts_cpu / sk_cpu
     out = {"benchmark": "ridge_path", "rows": a.rows, "features": a.features,
            "targets": a.targets, "n_alphas": n_alpha, "n_folds": n_folds,
-           "repeat": a.repeat, "sklearn_fixed_alpha_s": round(sk, 3), "tabst_per_gene_alpha_cv_s": round(ts, 3),
+           "repeat": a.repeat, "sklearn_fixed_alpha_s": round(sk, 3),
+           "tabst_per_gene_alpha_cv_s": round(ts, 3),
            "ratio": round(ratio, 2),
-           "ratio_best": round(ratio_best, 2), "sklearn_runs_s": [round(t, 3) for t in sk_t],
+           "ratio_best": round(ratio_best, 2),
+           "sklearn_runs_s": [round(t, 3) for t in sk_t],
            "tabst_runs_s": [round(t, 3) for t in ts_t], "sklearn_fixed_alpha_cpu_s": round(sk_cpu, 3),
            "tabst_cpu_s": round(ts_cpu, 3), "cpu_ratio": round(cpu_ratio, 2),
            "blas_threads": a.threads or "default", "precision": a.precision,
+           "precision_used": m.precision_used_,
            "peak_mem_mb": round(m.peak_mem_mb_, 1),
            "distinct_alphas_chosen": int(len(np.unique(m.alpha_))),
            "goal": "tabst per-gene α (>=13 α x 8 sample-folds) <= 3x one sklearn fixed-α fit",

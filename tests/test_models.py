@@ -182,9 +182,13 @@ def test_ridge_float32_accumulation_close_to_exact():
     Y = (X @ (W / X.std(0)[:, None]) + rng.normal(size=(n, G)) * rng.uniform(0.3, 3, G) + 40)
     Y = Y.astype(np.float32)
     alphas = list(np.logspace(-3, 5, 13))
-    m32 = RidgeModel(alphas=alphas, cv=4).fit(X, Y, groups)
+    m32 = RidgeModel(alphas=alphas, cv=4, precision="float32").fit(X, Y, groups)
     m64 = RidgeModel(alphas=alphas, cv=4, precision="float64").fit(X, Y, groups)
-    assert m32.params["precision"] == "float32"
+    assert m32.precision_used_ == "float32" and m64.precision_used_ == "float64"
+    # well-conditioned: the default ("auto") keeps the float32 sums
+    auto = RidgeModel(alphas=alphas, cv=4).fit(X, Y, groups)
+    assert auto.params["precision"] == "auto" and auto.precision_used_ == "float32"
+    np.testing.assert_array_equal(auto.cv_fold_mse_, m32.cv_fold_mse_)
     ref = _brute_force(X, Y, groups, m32.cv_fold_groups_, alphas)
     np.testing.assert_allclose(m64.cv_fold_mse_, ref, rtol=1e-6)
     # float32 sums: errors of order eps32 × the gene's variance (not × its held-out error)
@@ -198,6 +202,35 @@ def test_ridge_float32_accumulation_close_to_exact():
     np.testing.assert_allclose(m32.predict(X), m64.predict(X), rtol=1e-4, atol=1e-3)
     with pytest.raises(TabstError, match="precision"):
         RidgeModel(precision="float16").fit(X, Y, groups)
+
+
+def test_ridge_auto_precision_redoes_ill_conditioned_data_in_float64(tmp_path):
+    """Near-collinear features + small α: float32 sums give wrong held-out errors and α; the
+    default ("auto") notices from the folds' conditioning and recomputes in float64."""
+    rng = np.random.default_rng(1)
+    n, F, G = 2400, 40, 12
+    Z = rng.normal(size=(n, 6))
+    X = Z @ rng.normal(size=(6, F)) + 1e-3 * rng.normal(size=(n, F)) + 5.0
+    X[:, :4] = X[:, 4:8] * 1.0001                     # near-duplicate columns
+    X = X.astype(np.float32)
+    Y = (Z[:, :3] @ rng.normal(size=(3, G)) + rng.normal(size=(n, G)) * rng.uniform(0.1, 3, G))
+    Y = Y.astype(np.float32)
+    groups = np.repeat(list("abcdefgh"), n // 8)
+    alphas = list(np.logspace(-5, 4, 13))
+    m32 = RidgeModel(alphas=alphas, precision="float32").fit(X, Y, groups)
+    m64 = RidgeModel(alphas=alphas, precision="float64").fit(X, Y, groups)
+    auto = RidgeModel(alphas=alphas).fit(X, Y, groups)
+    var = Y.astype(np.float64).var(axis=0)
+    ref = _brute_force(X, Y, groups, m64.cv_fold_groups_, alphas)
+    np.testing.assert_allclose(m64.cv_fold_mse_, ref, rtol=1e-6)
+    # plain float32 really is off here (so the test can tell the two apart) ...
+    assert np.max(np.abs(m32.cv_fold_mse_ - ref) / var) > 1e-3
+    # ... and "auto" gives the exact answer
+    assert auto.precision_used_ == "float64"
+    np.testing.assert_allclose(auto.cv_fold_mse_, ref, rtol=1e-6)
+    np.testing.assert_array_equal(auto.alpha_, m64.alpha_)
+    auto.save(tmp_path / "r")
+    assert type(auto).load(tmp_path / "r").precision_used_ == "float64"
 
 
 def test_ridge_quad_forms_partial_fractions_exact():
@@ -296,3 +329,27 @@ def test_ridge_parallel_folds_equal_serial():
     np.testing.assert_array_equal(par.alpha_, serial.alpha_)
     np.testing.assert_allclose(par.cv_fold_mse_, serial.cv_fold_mse_, rtol=1e-10)
     np.testing.assert_allclose(par.coef_, serial.coef_, rtol=1e-10, atol=1e-12)
+
+
+def test_eigh_f32_matches_scipy_and_runs_on_threads():
+    """The GIL-free float32 eigensolver gives scipy's ssyevd results bit for bit, also when
+    called from several threads at once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from scipy.linalg import eigh
+
+    from tabst._lapack import eigh_f32
+
+    rng = np.random.default_rng(3)
+    mats = []
+    for k in range(4):
+        A = rng.normal(size=(300, 60 + k))
+        mats.append((A.T @ A).astype(np.float32))
+    with ThreadPoolExecutor(2) as ex:
+        got = list(ex.map(eigh_f32, mats))
+    for C, (w, V) in zip(mats, got):
+        w_ref, V_ref = eigh(C, driver="evd", check_finite=False)
+        assert w.dtype == np.float32 and V.shape == C.shape
+        np.testing.assert_array_equal(w, w_ref)
+        np.testing.assert_array_equal(V, V_ref)
+        np.testing.assert_allclose(V @ np.diag(w) @ V.T, C, atol=1e-4 * np.abs(C).max())

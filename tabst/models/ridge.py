@@ -11,13 +11,20 @@ How:
    n, Σx, Σy, XᵀX, XᵀY and Σy² (per gene) of the data shifted by a fixed per-column offset c
    (the first batch's means, the same for every fold, so that centring later does not cancel
    digits). Sums are float64; the two big products are computed per batch by BLAS in
-   ``precision``: "float32" (default; the input is float32, and this is what sklearn's ``Ridge``
-   does with it — held-out MSEs then agree with the float64 path to ~1e-5 of each gene's
-   variance) or "float64" (exact to float64 round-off, 1e-6 relative vs brute force; ~2× slower
-   accumulation). From in-memory arrays (:meth:`fit`) or from batches (:meth:`fit_batches`,
-   e.g. built from :func:`tabst.store.iter_batches`).
-3. For each fold (all float64 from here), the training statistics are the totals minus the
-   fold's; the fold is centred and standardised with *its own* training sums (population std as
+   ``precision``:
+   - "float32": the input is float32, and this is what sklearn's ``Ridge`` does with it; each
+     fold's eigendecomposition is then float32 too. On well-conditioned data the held-out MSEs
+     agree with the float64 path to ~1e-6 of each gene's variance.
+   - "float64": exact to float64 round-off (1e-6 relative vs brute force); the accumulation is
+     ~2× slower.
+   - "auto" (default): float32, redone in float64 when the data are too ill-conditioned for
+     float32 at the α that matter (step 5).
+   From in-memory arrays (:meth:`fit`) or from batches (:meth:`fit_batches`, e.g. built from
+   :func:`tabst.store.iter_batches`; there "auto" means float64, as the batches cannot be read
+   twice). With several BLAS threads, the folds are summed side by side, one thread each.
+3. For each fold (float64 from here, but for the float32 eigensolver after float32 sums; folds
+   side by side on threads), the training statistics are the totals minus the fold's; the
+   fold is centred and standardised with *its own* training sums (population std as
    ``StandardScaler``; a constant feature gets scale 1 and contributes nothing), the
    standardised Gram matrix is eigendecomposed once (``C = V Λ Vᵀ``), and for every α the
    held-out sum of squared errors of every gene follows in closed form from the held-out fold's
@@ -28,8 +35,15 @@ How:
    fold; eigenvalue pairs too close for that to be accurate are summed directly
    (:func:`_pf_quad`, :func:`_quad_forms`).
 4. α per gene = argmin of the pooled held-out MSE (Σ_folds SSE / Σ_folds n; ties → the smallest
-   α). A final eigendecomposition of the all-training statistics gives the coefficients with
-   each gene's α.
+   α). The coefficients come from the all-training statistics, one Cholesky solve per distinct
+   chosen α.
+5. "auto" precision: float32 sums perturb the standardised Gram matrix by ~eps32 relative, and
+   the held-out MSE at α by ~5e-4 · (eps32 · κ(α))² of the gene's variance (measured; the
+   float32 eigensolver adds a floor of ~1e-6), with
+   κ(α) = (λ_max + α)/(λ_min + α) over each fold's non-constant directions. An α with
+   eps32 · κ(α) > ``_F32_KAPPA_TOL`` is unreliable in float32; if any gene's minimum lies at an
+   unreliable α, or at the smallest reliable α (its optimum may be below it), everything is
+   recomputed from float64 sums (``precision_used_`` records which was used).
 
 The objective matches ``sklearn.linear_model.Ridge(alpha, fit_intercept=True)`` on
 ``StandardScaler``-transformed X: ``‖y − b − X_s w‖² + α‖w‖²`` (sums, not means, so α scales
@@ -45,6 +59,11 @@ from ..errors import TabstError
 from .base import TabstModel, _PeakRSS
 
 DEFAULT_ALPHAS = tuple(np.logspace(-1, 7, 13).tolist())
+_F32_KAPPA_TOL = 0.05  # eps32·κ(α) above this: float32 sums too coarse at α (MSE error ≳ 1e-6)
+
+
+class _NeedFloat64(Exception):
+    """Raised by RidgeModel._solve when "auto" precision finds float32 sums too coarse."""
 
 
 class _Stats:
@@ -151,13 +170,16 @@ class RidgeModel(TabstModel):
         three decades; α is on the sum scale, so it grows with the rows). Any number ≥ 1.
     cv : int, 8. Maximum number of CV folds (folds = samples when there are ≤ cv samples).
     batch_rows : int, 8192. Rows per BLAS product while accumulating.
-    precision : "float32" (default) | "float64". Arithmetic of the per-batch XᵀX / XᵀY products
-        (sums are float64 either way); "float64" for results exact to float64 round-off.
+    precision : "auto" (default) | "float32" | "float64". Arithmetic of the per-batch XᵀX / XᵀY
+        products (sums are float64 either way); "float64" for results exact to float64
+        round-off; "auto" = float32 unless the data are too ill-conditioned for it at the α
+        that matter (module docstring, step 5).
     codec : "identity" (default) | "pca";  codec_k : 32;  seed : 0 (row folds without groups).
 
     Attributes
     ----------
     alpha_ : [k] chosen α per output (gene with the identity codec).
+    precision_used_ : "float32" or "float64", the arithmetic of the sums actually used.
     alphas_ : [n_alphas] the grid.
     cv_mse_ : [n_alphas, k] pooled held-out MSE per α and output.
     cv_fold_mse_ : [n_folds, n_alphas, k] held-out MSE of each fold.
@@ -170,7 +192,7 @@ class RidgeModel(TabstModel):
     """
 
     name = "ridge"
-    DEFAULTS = {"alphas": None, "cv": 8, "batch_rows": 8192, "precision": "float32"}
+    DEFAULTS = {"alphas": None, "cv": 8, "batch_rows": 8192, "precision": "auto"}
 
     # --- folds -------------------------------------------------------------------------------
     def _alphas(self) -> np.ndarray:
@@ -207,9 +229,10 @@ class RidgeModel(TabstModel):
 
     def _accum_dtype(self):
         p = self.params["precision"]
-        if p not in ("float32", "float64"):
-            raise TabstError(f"ridge: precision must be 'float32' or 'float64', got {p!r}.")
-        return np.float32 if p == "float32" else np.float64
+        if p not in ("auto", "float32", "float64"):
+            raise TabstError("ridge: precision must be 'auto', 'float32' or 'float64', "
+                             f"got {p!r}.")
+        return np.float64 if p == "float64" else np.float32
 
     # --- fitting -----------------------------------------------------------------------------
     def _fit(self, X, Z, groups):
@@ -229,12 +252,10 @@ class RidgeModel(TabstModel):
             nf = int(fold.max()) + 1
             self.cv_fold_groups_ = [[f"rows fold {f}"] for f in range(nf)]
         br = int(self.params["batch_rows"])
-        dt = self._accum_dtype()
-        sx, sy = _shifts(X[:br], Z[:br], dt)
         order = np.argsort(fold, kind="stable")
         bounds = np.searchsorted(fold[order], np.arange(nf + 1))
 
-        def fold_stats(f):
+        def fold_stats(f, dt, sx, sy):
             st = _Stats(F, G, sx, sy, dt)
             idx = order[bounds[f]:bounds[f + 1]]
             for s in range(0, len(idx), br):
@@ -244,7 +265,14 @@ class RidgeModel(TabstModel):
                 st.add(X[j], Z[j])
             return st
 
-        self._solve(_side_by_side(fold_stats, range(nf)))
+        def solve(dt):
+            sx, sy = _shifts(X[:br], Z[:br], dt)
+            self._solve(_side_by_side(lambda f: fold_stats(f, dt, sx, sy), range(nf)))
+
+        try:
+            solve(self._accum_dtype())
+        except _NeedFloat64:  # "auto": float32 sums too coarse for this data → exact sums
+            solve(np.float64)
 
     def fit_batches(self, batches: Iterable, *, feature_names=None, feature_groups=None,
                     target_names=None):
@@ -279,8 +307,8 @@ class RidgeModel(TabstModel):
                     raise TabstError("ridge.fit_batches: Y holds NaN/inf; stream only rows with "
                                      "expression (tabst.dataset.rows_with_expression).")
                 g = np.asarray(g) if g is not None else np.zeros(X.shape[0], dtype=object)
-                if not per_group:
-                    dt = self._accum_dtype()
+                if not per_group:  # "auto" → float64: the batches cannot be read a second time
+                    dt = np.float32 if self.params["precision"] == "float32" else np.float64
                     sx, sy = _shifts(X, Y, dt)
                 for key in np.unique(g):
                     m = g == key
@@ -327,11 +355,23 @@ class RidgeModel(TabstModel):
         def fold_job(f):
             return _fold_sse(total.minus(stats[f]), stats[f], alphas)
 
-        sses = _side_by_side(fold_job, range(nf))
+        res = _side_by_side(fold_job, range(nf))
+        sses = [r[0] for r in res]
+        pooled = np.sum(sses, axis=0) / sum(val.n for val in stats)
+        if total.dtype == np.float32 and self.params["precision"] == "auto":
+            kappa = np.max([(hi + alphas) / (lo + alphas) for _, hi, lo in res], axis=0)
+            ok = np.finfo(np.float32).eps * kappa <= _F32_KAPPA_TOL
+            if not ok.all():
+                best_all = np.argmin(pooled, axis=0)
+                first_ok = int(np.argmax(ok)) if ok.any() else len(alphas)
+                best_ok = (first_ok + np.argmin(pooled[ok], axis=0)) if ok.any() else None
+                if (not ok.any() or np.any(~ok[best_all]) or np.any(best_ok == first_ok)):
+                    raise _NeedFloat64()
+        self.precision_used_ = "float32" if total.dtype == np.float32 else "float64"
         fold_mse = np.stack([sse / val.n for sse, val in zip(sses, stats)])
         self.alphas_ = alphas
         self.cv_fold_mse_ = fold_mse
-        self.cv_mse_ = np.sum(sses, axis=0) / sum(val.n for val in stats)
+        self.cv_mse_ = pooled
         best = np.argmin(self.cv_mse_, axis=0)  # first minimum → smallest α on ties
         self.alpha_ = alphas[best]
         # final refit on all training rows: one Cholesky solve per distinct chosen α
@@ -365,13 +405,15 @@ class RidgeModel(TabstModel):
                 ("alpha", "alphas", "cv_mse", "cv_fold_mse", "coef", "mean_x", "scale_x", "mean_y")}
 
     def _meta(self):
-        return {"cv_kind": self.cv_kind_, "cv_fold_groups": self.cv_fold_groups_}
+        return {"cv_kind": self.cv_kind_, "cv_fold_groups": self.cv_fold_groups_,
+                "precision_used": self.precision_used_}
 
     def _set_state(self, arrays, meta):
         for k, v in arrays.items():
             setattr(self, k + "_", v)
         self.cv_kind_ = meta["cv_kind"]
         self.cv_fold_groups_ = meta["cv_fold_groups"]
+        self.precision_used_ = meta.get("precision_used", "float32")
 
 
 def _side_by_side(fn, items) -> list:
@@ -404,15 +446,23 @@ def _blas_threads() -> int:
         return 1
 
 
-def _eigh(C):
-    """Eigendecomposition of a symmetric PSD matrix (LAPACK syevd); tiny negative λ → 0.
+def _eigh(C, dtype=np.float64):
+    """Eigendecomposition of a symmetric PSD matrix (LAPACK syevd in ``dtype``: float64 or
+    float32, returned as float64); tiny negative λ → 0.
 
     ``numpy.linalg.eigh`` (also syevd) rather than ``scipy.linalg.eigh``: numpy's releases the
     GIL inside LAPACK, scipy's f2py wrapper holds it, which serialises the folds solved side by
     side on threads (measured: 8 eighs of 1024² on 2 threads, 1.23 s vs 2.25 s with scipy).
+    float32 (after float32 sums): ``tabst._lapack.eigh_f32``, ssyevd with the GIL released
+    (numpy computes float32 in float64): 0.73 s for the same 8.
     """
-    lam, V = np.linalg.eigh(C)
-    return np.clip(lam, 0.0, None), V
+    if dtype == np.float64:
+        lam, V = np.linalg.eigh(C)
+        return np.clip(lam, 0.0, None), V
+    from .._lapack import eigh_f32  # numpy would compute float32 in float64
+
+    lam, V = eigh_f32(C)
+    return np.clip(lam.astype(np.float64), 0.0, None), V.astype(np.float64)
 
 
 _PF_TOL = 1e-7  # partial fractions only for eigenvalue pairs with |λi−λj| > tol·(λ + α_max)
@@ -506,10 +556,16 @@ def _quad_forms(Q, lam, alphas, Bt):
     return quad
 
 
-def _fold_sse(tr: _Stats, val: _Stats, alphas: np.ndarray) -> np.ndarray:
-    """Held-out SSE [n_alphas, G] of ridge fitted on ``tr``, evaluated on ``val`` (exact)."""
+def _fold_sse(tr: _Stats, val: _Stats, alphas: np.ndarray):
+    """Held-out SSE [n_alphas, G] of ridge fitted on ``tr``, evaluated on ``val`` (exact), with
+    the largest and the smallest eigenvalue over the non-constant directions (conditioning)."""
     mx, s, my, Cs, b = _standardised(tr)
-    lam, V = _eigh(Cs)
+    # with float32 sums, Cs is only good to ~eps32 relative: a float32 eigensolver (1.5× faster)
+    # adds an error of the same kind and size (a backward perturbation of Cs), which the "auto"
+    # conditioning check bounds together with the sums' own
+    lam, V = _eigh(Cs, tr.dtype)
+    n_const = int(np.count_nonzero(~Cs.any(axis=0)))   # constant features: exact zero rows
+    lam_lo = float(lam[n_const]) if n_const < lam.shape[0] else 0.0
     Bt = V.T @ b                                          # [F, G]
     nv = val.n
     # held-out statistics, centred with the TRAINING means and scaled with the training scale:
@@ -526,4 +582,4 @@ def _fold_sse(tr: _Stats, val: _Stats, alphas: np.ndarray) -> np.ndarray:
     D = 1.0 / (lam[None, :] + alphas[:, None])            # [A, F]
     cross = D @ (P * Bt)                                  # [A, G]
     quad = _quad_forms(Q, lam, alphas, Bt)
-    return a[None, :] - 2.0 * cross + quad
+    return a[None, :] - 2.0 * cross + quad, float(lam[-1]), lam_lo
