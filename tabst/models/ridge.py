@@ -271,8 +271,10 @@ class RidgeModel(TabstModel):
 
         try:
             solve(self._accum_dtype())
+            return
         except _NeedFloat64:  # "auto": float32 sums too coarse for this data → exact sums
-            solve(np.float64)
+            pass              # (redone below, once the float32 statistics are released)
+        solve(np.float64)
 
     def fit_batches(self, batches: Iterable, *, feature_names=None, feature_groups=None,
                     target_names=None):
