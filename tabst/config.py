@@ -285,6 +285,8 @@ def _param_type_ok(value, default) -> bool:
         return isinstance(value, int) and not isinstance(value, bool)
     if isinstance(default, float):
         return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if default == "auto":  # "auto", another word (device: cpu/cuda) or a number; the model checks
+        return isinstance(value, (str, int, float)) and not isinstance(value, bool)
     if isinstance(default, str):
         return isinstance(value, str)
     if isinstance(default, (list, tuple)):

@@ -60,6 +60,10 @@ def test_config_presets_and_overrides():
     assert load_config("default", models="ridge")["models"] == ["mean", "ridge"]  # mean always
     assert parse_override("xgboost.n_estimators=5", REGISTRY) == (
         ["params", "xgboost", "n_estimators"], 5)
+    # an "auto" default takes "auto" or a number
+    assert load_config("default", ["tabnet.batch_size=512"])["params"]["tabnet"]["batch_size"] == 512
+    assert load_config("default", ["tabnet.batch_size=auto"])["params"]["tabnet"][
+        "batch_size"] == "auto"
 
 
 @pytest.mark.parametrize("overrides, key", [
@@ -67,6 +71,7 @@ def test_config_presets_and_overrides():
     (["seed=abc"], "'seed'"),
     (["ridge.nonsense=1"], "params.ridge.nonsense"),
     (["xgboost.n_estimators=many"], "params.xgboost.n_estimators"),
+    (["tabnet.batch_size=[1]"], "params.tabnet.batch_size"),
     (["report.dpi=high"], "report.dpi"),
     (["report.fontsize=3"], "report.fontsize"),
     (["folds=kfold"], "'folds'"),

@@ -310,6 +310,25 @@ def test_tabnet_masks_groups_and_clamping(data):
             data["Xtr"], data["Ytr"], data["gtr"], feature_groups=data["groups"])
 
 
+def test_tabnet_auto_batch_size_and_common_target_scale(data):
+    """"auto" batch size keeps ≥ ~16 steps per epoch; codes share one scale (loss ∝ gene MSE)."""
+    from tabst.models.tabnet import TabNetModel
+
+    assert TabNetModel._clamp("auto", 128, 6000) == (256, 128)       # 6000/16 = 375 → 256
+    assert TabNetModel._clamp("auto", 128, 500_000) == (1024, 128)
+    assert TabNetModel._clamp("auto", 128, 1000) == (128, 128)       # floor 128
+    assert TabNetModel._clamp("auto", 128, 90) == (90, 90)           # never above the rows
+    assert TabNetModel._clamp("auto", 128, 6000, cap=200) == (128, 128)
+    with pytest.raises(TabstError, match="batch_size"):
+        TabNetModel._clamp("big", 128, 6000)
+    m = make_model("tabnet", dict(FAST["tabnet"], codec="pca", codec_k=4)).fit(
+        data["Xtr"], data["Ytr"], data["gtr"])
+    Z = m.codec_.encode(data["Ytr"])
+    rms = np.sqrt(np.mean(Z[:, :4].astype(np.float64).std(axis=0) ** 2))
+    assert np.ptp(m.z_scale_) == 0                      # one scale for every code ...
+    np.testing.assert_allclose(m.z_scale_[0], rms, rtol=0.3)   # ... ≈ their RMS std (train rows)
+
+
 def test_ridge_parallel_folds_equal_serial():
     """Folds solved side by side (one BLAS thread each) give the serial results exactly."""
     from threadpoolctl import threadpool_limits
