@@ -1,8 +1,9 @@
 """Peak memory of `tabst ingest table` for 20k vs 200k cells x 460 genes (CSV and .h5ad).
 
 Each ingest runs in a fresh Python subprocess that reports its own peak resident set size
-(``VmHWM`` from ``/proc/self/status``: the whole process, imports included). The expression rows are shuffled relative to the label table, so rows
-are matched by cell id and scattered into /expression/X (the harder path).
+(``VmHWM`` from ``/proc/self/status``: the whole process, imports included). The expression
+rows are shuffled relative to the label table, so rows are matched by cell id and scattered
+into /expression/X (the harder path).
 
 Goal: for each format, the 200k peak is at most 20 % above the 20k peak (streaming: memory
 does not grow with the number of cells). Inputs are generated under a temporary folder

@@ -25,8 +25,9 @@ def write_tiny_store(path, *, n_samples=3, cells_per_sample=60, n_genes=12, emb_
     """A small valid store: /cells, /images (PNG files beside it), /expression,
     optionally /embeddings/test and /features/morphology. ``with_masks``: each sample also gets
     a nucleus label TIFF (``mask_path``) with a disc of radius 3 px (label = row + 1) centred on
-    the centre pixel of every even-numbered cell; odd cells have no nucleus of their own. Expression depends linearly on the
-    embedding plus noise, so models have something to learn. Returns the path."""
+    the centre pixel of every even-numbered cell; odd cells have no nucleus of their own.
+    Expression depends linearly on the embedding plus noise, so models have something to learn.
+    Returns the path."""
     from PIL import Image
 
     rng = np.random.default_rng(seed)

@@ -273,7 +273,7 @@ def test_everything_learned_sees_training_rows_only(tmp_path, store, monkeypatch
     assert len(fb_rows[3]) == 120  # refit: all rows, by design
     fold_fits = [g for g in model_groups if g[1] == 80]
     assert len(fold_fits) == 6  # mean + ridge per fold
-    for (_, n, groups), f in zip(fold_fits[::2], run["folds"]):
+    for (_, _n, groups), f in zip(fold_fits[::2], run["folds"]):
         assert not set(groups) & set(f["test_samples"])
 
 

@@ -254,7 +254,7 @@ def test_run_explain_outputs(tiny_run, explained):
         assert f.attrs["best_model"] in f
         # mean is skipped (constant); every other model is there
         assert set(f.keys()) == {"ridge", "tree", "xgboost", "tabnet"}
-        for name, g in f.items():
+        for _name, g in f.items():
             n = g["cell_id"].shape[0]
             genes = g["genes"].asstr()[()]
             F = g["features"].shape[0]

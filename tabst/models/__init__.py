@@ -38,8 +38,10 @@ Every model (``tabst.models.base.TabstModel``)
 Model-specific extras
 ---------------------
 - ``RidgeModel``: params ``alphas`` (None → 13 × logspace(-1, 7)), ``cv`` (8), ``batch_rows``
-  (8192), ``precision`` ("float32": big products summed in float32 on shifted data, like
-  sklearn on float32 input | "float64": exact). Attrs ``alpha_`` [k], ``alphas_``, ``cv_mse_`` [n_alphas, k], ``cv_fold_mse_``
+  (8192), ``precision`` ("auto": float32 unless the data are too ill-conditioned for it, then
+  float64 | "float32": big products summed in float32 on shifted data, like sklearn on float32
+  input | "float64": exact). Attrs ``alpha_`` [k], ``precision_used_``, ``alphas_``,
+  ``cv_mse_`` [n_alphas, k], ``cv_fold_mse_``
   [n_folds, n_alphas, k], ``cv_fold_groups_``, ``cv_kind_`` ("grouped" | "rows"), ``coef_``,
   ``mean_x_``, ``scale_x_``, ``mean_y_``. ``fit_batches(iterable of (X, Y, groups), *,
   feature_names=None, feature_groups=None, target_names=None)`` fits out-of-core.
