@@ -20,6 +20,7 @@ demo: $(STAMP)
 	$(BIN)/tabst demo --out reports/demo --force
 
 test: $(STAMP)
+	$(BIN)/ruff check tabst cli tests benchmarks
 	$(BIN)/python -m pytest -n 2 --dist loadfile
 
 lint: $(STAMP)
