@@ -372,3 +372,20 @@ def test_eigh_f32_matches_scipy_and_runs_on_threads():
         np.testing.assert_array_equal(w, w_ref)
         np.testing.assert_array_equal(V, V_ref)
         np.testing.assert_allclose(V @ np.diag(w) @ V.T, C, atol=1e-4 * np.abs(C).max())
+
+
+def test_ridge_float32_check_rule():
+    """The "auto" rule: float32 is kept unless a gene's best α is unreliable or at the edge."""
+    from tabst.models.ridge import _float32_too_coarse
+
+    alphas = np.logspace(-2, 4, 7)                     # 0.01 ... 1e4
+    well = [(1e3, 1e2), (2e3, 50.0)]                   # κ ≤ 40: every α reliable
+    ill = [(1e6, 0.0)]                                 # eps32·κ ≤ 0.05 only for α ≥ ~2.4
+    inside = np.array([[5.0], [4.0], [3.0], [2.0], [1.0], [1.5], [2.5]])  # min at α = 100
+    assert not _float32_too_coarse(alphas, inside, well)
+    assert not _float32_too_coarse(alphas, inside, ill)          # min well inside the reliable α
+    edge = np.array([[5.0], [4.0], [3.0], [1.0], [2.0], [2.5], [3.0]])    # min at α = 10 (edge)
+    assert _float32_too_coarse(alphas, edge, ill)
+    low = np.array([[0.5], [4.0], [3.0], [2.0], [1.0], [1.5], [2.5]])     # min at α = 0.01
+    assert _float32_too_coarse(alphas, low, ill)
+    assert not _float32_too_coarse(alphas, low, well)

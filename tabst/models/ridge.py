@@ -360,15 +360,9 @@ class RidgeModel(TabstModel):
         res = _side_by_side(fold_job, range(nf))
         sses = [r[0] for r in res]
         pooled = np.sum(sses, axis=0) / sum(val.n for val in stats)
-        if total.dtype == np.float32 and self.params["precision"] == "auto":
-            kappa = np.max([(hi + alphas) / (lo + alphas) for _, hi, lo in res], axis=0)
-            ok = np.finfo(np.float32).eps * kappa <= _F32_KAPPA_TOL
-            if not ok.all():
-                best_all = np.argmin(pooled, axis=0)
-                first_ok = int(np.argmax(ok)) if ok.any() else len(alphas)
-                best_ok = (first_ok + np.argmin(pooled[ok], axis=0)) if ok.any() else None
-                if (not ok.any() or np.any(~ok[best_all]) or np.any(best_ok == first_ok)):
-                    raise _NeedFloat64()
+        if (total.dtype == np.float32 and self.params["precision"] == "auto"
+                and _float32_too_coarse(alphas, pooled, [(hi, lo) for _, hi, lo in res])):
+            raise _NeedFloat64()
         self.precision_used_ = "float32" if total.dtype == np.float32 else "float64"
         fold_mse = np.stack([sse / val.n for sse, val in zip(sses, stats)])
         self.alphas_ = alphas
@@ -416,6 +410,24 @@ class RidgeModel(TabstModel):
         self.cv_kind_ = meta["cv_kind"]
         self.cv_fold_groups_ = meta["cv_fold_groups"]
         self.precision_used_ = meta.get("precision_used", "float32")
+
+
+def _float32_too_coarse(alphas, pooled, spectra) -> bool:
+    """Whether float32 sums may have moved some gene's choice of α (module docstring, step 5).
+
+    ``spectra``: (λ_max, λ_min over non-constant directions) of each fold. κ(α) falls with α,
+    so the reliable α (eps32 · κ ≤ tol) are the largest ones, a suffix of the sorted grid."""
+    kappa = np.max([(hi + alphas) / (lo + alphas) for hi, lo in spectra], axis=0)
+    ok = np.finfo(np.float32).eps * kappa <= _F32_KAPPA_TOL
+    if ok.all():
+        return False
+    if not ok.any():
+        return True
+    first_ok = int(np.argmax(ok))
+    best_all = np.argmin(pooled, axis=0)
+    best_ok = first_ok + np.argmin(pooled[first_ok:], axis=0)
+    # a minimum at an unreliable α, or at the reliable edge (the optimum may lie below it)
+    return bool(np.any(~ok[best_all]) or np.any(best_ok == first_ok))
 
 
 def _side_by_side(fn, items) -> list:
