@@ -46,8 +46,12 @@ def _draw_mask(rng, size=SIZE, n=300):
     return mask
 
 
-def write_crunch_zarr(path, *, seed=0, size=SIZE, n=300, drop_tables=(), image=None):
-    """A Crunch 1 style SpatialData zarr. Returns a dict with the numpy sources and the truth."""
+def write_crunch_zarr(path, *, seed=0, size=SIZE, n=300, drop_tables=(), image=None,
+                      zarr_v2=False):
+    """A Crunch 1 style SpatialData zarr. Returns a dict with the numpy sources and the truth.
+
+    ``zarr_v2``: the older on-disk layout the challenge files were distributed in (zarr v2,
+    OME-Zarr 0.4: ``.zgroup`` / ``.zattrs``), written with spatialdata's V01 formats."""
     import anndata as ad
     import pandas as pd
     import spatialdata as sd
@@ -92,7 +96,17 @@ def write_crunch_zarr(path, *, seed=0, size=SIZE, n=300, drop_tables=(), image=N
             labels={"HE_nuc_original": Labels2DModel.parse(mask, dims=("y", "x"),
                                                            chunks=(500, 500))},
             tables=tables)
-        sdata.write(os.fspath(path))
+        if zarr_v2:
+            from spatialdata._io.format import (
+                RasterFormatV01,
+                SpatialDataContainerFormatV01,
+                TablesFormatV01,
+            )
+
+            sdata.write(os.fspath(path), sdata_formats=[SpatialDataContainerFormatV01(),
+                                                        RasterFormatV01(), TablesFormatV01()])
+        else:
+            sdata.write(os.fspath(path))
     return dict(path=path, mask=mask, image=img, e_ids=e_ids, X=X, counts=counts,
                 g_ids=g_ids, groups=groups, mask_only=mask_only, expr_no_group=expr_no_group,
                 group_ghosts=group_ghosts, expr_ghosts=expr_ghosts, train_no_expr=train_no_expr)
@@ -240,6 +254,32 @@ def test_image_attrs_and_lazy_reader(crunch):
     assert d.read_mask_region(0, 0, 4, 4) is None and not d.has_mask
     with pytest.raises(InputError, match="changed since ingest"):
         ZarrSampleImage(crunch["store"], "UC1_NI", {**attrs, "height": 10})
+
+
+def test_zarr_v2_layout_ingests_like_v3(tmp_path):
+    """The challenge's files are zarr v2 / OME-Zarr 0.4; they ingest exactly like the v3 layout."""
+    kw = dict(seed=3, size=600, n=40)
+    v2 = write_crunch_zarr(tmp_path / "v2" / "UC1.zarr", zarr_v2=True, **kw)
+    v3 = write_crunch_zarr(tmp_path / "v3" / "UC1.zarr", **kw)
+    assert (v2["path"] / ".zgroup").exists() and not (v2["path"] / "zarr.json").exists()
+    assert (v3["path"] / "zarr.json").exists()
+    stores = {}
+    for name, t in (("v2", v2), ("v3", v3)):
+        stores[name] = tmp_path / f"{name}.h5"
+        ingest_crunch([t["path"]], stores[name], tile=TILE, show_progress=False)
+    with open_store(stores["v2"]) as a, open_store(stores["v3"]) as b:
+        fa, fb = cells_frame(a), cells_frame(b)
+        assert len(fa) > 0
+        for col in ("cell_id", "group", "has_expression", "x", "y"):
+            np.testing.assert_array_equal(fa[col].to_numpy(), fb[col].to_numpy())
+        np.testing.assert_array_equal(a["expression/X"][()], b["expression/X"][()])
+        attrs = dict(a["images/UC1"].attrs)
+    r = ZarrSampleImage(stores["v2"], "UC1", attrs)
+    np.testing.assert_array_equal(r.read_region(100, 200, 30, 40),
+                                  np.transpose(v2["image"], (1, 2, 0))[100:130, 200:240])
+    np.testing.assert_array_equal(r.read_mask_region(100, 200, 30, 40),
+                                  v2["mask"][100:130, 200:240])
+    r.close()
 
 
 def test_missing_element_names_it_and_lists_holdings(tmp_path):
