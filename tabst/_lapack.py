@@ -30,9 +30,13 @@ def _cython_lapack(name: str):
             api.PyCapsule_GetPointer.restype = ctypes.c_void_p
             api.PyCapsule_GetPointer.argtypes = [ctypes.py_object, ctypes.c_char_p]
             sig = api.PyCapsule_GetName(cap)
-            n_args = sig.count(b",") + 1
+            # every argument a pointer, integers 32-bit (LP64): anything else is not called
+            args = sig[sig.index(b"(") + 1:sig.rindex(b")")].split(b",")
+            if not sig.startswith(b"void (") or not all(a.strip().endswith(b"*") for a in args) \
+                    or any(b"int" in a and a.strip() != b"int *" for a in args):
+                raise RuntimeError(f"unexpected LAPACK signature for {name}: {sig!r}")
             ptr = api.PyCapsule_GetPointer(cap, sig)
-            _fns[name] = ctypes.CFUNCTYPE(None, *([ctypes.c_void_p] * n_args))(ptr)
+            _fns[name] = ctypes.CFUNCTYPE(None, *([ctypes.c_void_p] * len(args)))(ptr)
         return _fns[name]
 
 
@@ -43,7 +47,7 @@ def eigh_f32(C: np.ndarray):
     F = C.shape[0]
     try:
         fn = _cython_lapack("ssyevd")
-    except Exception:  # pragma: no cover - a scipy without the capsule table
+    except Exception:  # a scipy without the capsule table, or an unexpected (ILP64) signature
         from scipy.linalg import eigh
 
         return eigh(np.asarray(C, dtype=np.float32), driver="evd", check_finite=False)

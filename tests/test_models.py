@@ -389,3 +389,21 @@ def test_ridge_float32_check_rule():
     low = np.array([[0.5], [4.0], [3.0], [2.0], [1.0], [1.5], [2.5]])     # min at α = 0.01
     assert _float32_too_coarse(alphas, low, ill)
     assert not _float32_too_coarse(alphas, low, well)
+
+
+def test_eigh_f32_falls_back_to_scipy(monkeypatch):
+    """Without a usable LAPACK capsule (e.g. an ILP64 scipy) the scipy wrapper is used."""
+    from scipy.linalg import eigh
+
+    from tabst import _lapack
+
+    def unusable(name):
+        raise RuntimeError("unexpected LAPACK signature")
+
+    monkeypatch.setattr(_lapack, "_cython_lapack", unusable)
+    A = np.random.default_rng(0).normal(size=(50, 8))
+    C = (A.T @ A).astype(np.float32)
+    w, V = _lapack.eigh_f32(C)
+    w_ref, V_ref = eigh(C, driver="evd", check_finite=False)
+    np.testing.assert_array_equal(w, w_ref)
+    np.testing.assert_array_equal(V, V_ref)
