@@ -238,6 +238,10 @@ def validate_config(cfg: dict, source: str = "config") -> dict:
             if not _param_type_ok(v, allowed[k]):
                 raise TabstError(f"{source}: key 'params.{m}.{k}' must be like the default "
                                  f"{allowed[k]!r} ({type(allowed[k]).__name__}), got {v!r}.")
+        try:  # values the model itself refuses (e.g. ridge.precision, tabnet.batch_size)
+            REGISTRY[m](**p)
+        except TabstError as e:
+            raise TabstError(f"{source}: key 'params.{m}': {e}") from None
     # feature set (validated by the feature builder)
     from .dataset import validate_spec
 

@@ -72,6 +72,8 @@ def test_config_presets_and_overrides():
     (["ridge.nonsense=1"], "params.ridge.nonsense"),
     (["xgboost.n_estimators=many"], "params.xgboost.n_estimators"),
     (["tabnet.batch_size=[1]"], "params.tabnet.batch_size"),
+    (["tabnet.batch_size=big"], "params.tabnet"),
+    (["ridge.precision=float16"], "params.ridge"),
     (["report.dpi=high"], "report.dpi"),
     (["report.fontsize=3"], "report.fontsize"),
     (["folds=kfold"], "'folds'"),

@@ -201,7 +201,7 @@ def test_ridge_float32_accumulation_close_to_exact():
     assert np.all(m64.cv_mse_[i32, cols] - m64.cv_mse_[i64, cols] <= scale)
     np.testing.assert_allclose(m32.predict(X), m64.predict(X), rtol=1e-4, atol=1e-3)
     with pytest.raises(TabstError, match="precision"):
-        RidgeModel(precision="float16").fit(X, Y, groups)
+        RidgeModel(precision="float16")  # refused at construction
 
 
 def test_ridge_auto_precision_redoes_ill_conditioned_data_in_float64(tmp_path):
@@ -319,8 +319,9 @@ def test_tabnet_auto_batch_size_and_common_target_scale(data):
     assert TabNetModel._clamp("auto", 128, 1000) == (128, 128)       # floor 128
     assert TabNetModel._clamp("auto", 128, 90) == (90, 90)           # never above the rows
     assert TabNetModel._clamp("auto", 128, 6000, cap=200) == (128, 128)
-    with pytest.raises(TabstError, match="batch_size"):
-        TabNetModel._clamp("big", 128, 6000)
+    for bad in ("big", 0, True):
+        with pytest.raises(TabstError, match="batch_size"):  # refused at construction
+            make_model("tabnet", {"batch_size": bad})
     m = make_model("tabnet", dict(FAST["tabnet"], codec="pca", codec_k=4)).fit(
         data["Xtr"], data["Ytr"], data["gtr"])
     Z = m.codec_.encode(data["Ytr"])

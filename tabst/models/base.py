@@ -174,6 +174,11 @@ class TabstModel:
                 f"model '{self.name}': unknown parameter(s) {', '.join(unknown)}. "
                 f"Valid: {', '.join(sorted(allowed))}.")
         self.params = {**allowed, **params}
+        self._check_params()
+
+    def _check_params(self) -> None:
+        """Raise :class:`TabstError` for a parameter value the model cannot use (called at
+        construction, so that ``compare`` refuses a bad config before fitting anything)."""
 
     # --- parameters ------------------------------------------------------------------------------
     def get_params(self) -> dict:

@@ -227,12 +227,12 @@ class RidgeModel(TabstModel):
         fold[perm] = np.arange(n) % k
         return fold
 
-    def _accum_dtype(self):
+    def _check_params(self):
         p = self.params["precision"]
         if p not in ("auto", "float32", "float64"):
             raise TabstError("ridge: precision must be 'auto', 'float32' or 'float64', "
                              f"got {p!r}.")
-        return np.float64 if p == "float64" else np.float32
+
 
     # --- fitting -----------------------------------------------------------------------------
     def _fit(self, X, Z, groups):
@@ -270,7 +270,7 @@ class RidgeModel(TabstModel):
             self._solve(_side_by_side(lambda f: fold_stats(f, dt, sx, sy), range(nf)))
 
         try:
-            solve(self._accum_dtype())
+            solve(np.float64 if self.params["precision"] == "float64" else np.float32)
             return
         except _NeedFloat64:  # "auto": float32 sums too coarse for this data → exact sums
             pass              # (redone below, once the float32 statistics are released)

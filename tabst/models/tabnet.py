@@ -90,6 +90,12 @@ class TabNetModel(TabstModel):
             out.append(idx)
         return out
 
+    def _check_params(self):
+        bs = self.params["batch_size"]
+        if bs != "auto" and (isinstance(bs, bool) or not isinstance(bs, (int, np.integer))
+                             or bs < 1):
+            raise TabstError(f"tabnet: batch_size must be 'auto' or a positive integer, got {bs!r}.")
+
     @staticmethod
     def _clamp(bs, vbs: int, n: int, cap: int | None = None):
         """Batch and ghost-batch sizes for ``n`` training rows (at most ``cap`` rows per batch).
@@ -99,8 +105,6 @@ class TabNetModel(TabstModel):
         left TabNet undertrained: demo gene-wise Pearson 0.097 vs 0.160 at 256)."""
         if bs == "auto":
             bs = int(np.clip(2 ** np.floor(np.log2(max(n / 16.0, 1.0))), 128, 1024))
-        elif isinstance(bs, bool) or not isinstance(bs, (int, np.integer)) or bs < 1:
-            raise TabstError(f"tabnet: batch_size must be 'auto' or a positive integer, got {bs!r}.")
         bs = int(min(bs, n, cap if cap is not None else n))
         vbs = int(min(vbs, bs))
         bs = max(vbs, (bs // vbs) * vbs)
