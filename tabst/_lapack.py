@@ -24,18 +24,19 @@ def _cython_lapack(name: str):
             from scipy.linalg import cython_lapack
 
             cap = cython_lapack.__pyx_capi__[name]
-            api = ctypes.pythonapi
-            api.PyCapsule_GetName.restype = ctypes.c_char_p
-            api.PyCapsule_GetName.argtypes = [ctypes.py_object]
-            api.PyCapsule_GetPointer.restype = ctypes.c_void_p
-            api.PyCapsule_GetPointer.argtypes = [ctypes.py_object, ctypes.c_char_p]
-            sig = api.PyCapsule_GetName(cap)
+            # own prototypes: setting restype/argtypes on ctypes.pythonapi would change them for
+            # every other user of that shared object
+            get_name = ctypes.PYFUNCTYPE(ctypes.c_char_p, ctypes.py_object)(
+                ("PyCapsule_GetName", ctypes.pythonapi))
+            get_pointer = ctypes.PYFUNCTYPE(ctypes.c_void_p, ctypes.py_object, ctypes.c_char_p)(
+                ("PyCapsule_GetPointer", ctypes.pythonapi))
+            sig = get_name(cap)
             # every argument a pointer, integers 32-bit (LP64): anything else is not called
             args = sig[sig.index(b"(") + 1:sig.rindex(b")")].split(b",")
             if not sig.startswith(b"void (") or not all(a.strip().endswith(b"*") for a in args) \
                     or any(b"int" in a and a.strip() != b"int *" for a in args):
                 raise RuntimeError(f"unexpected LAPACK signature for {name}: {sig!r}")
-            ptr = api.PyCapsule_GetPointer(cap, sig)
+            ptr = get_pointer(cap, sig)
             _fns[name] = ctypes.CFUNCTYPE(None, *([ctypes.c_void_p] * len(args)))(ptr)
         return _fns[name]
 
