@@ -127,10 +127,6 @@ class _Stats:
         out.xy, out.yy = self.xy - other.xy, self.yy - other.yy
         return out
 
-    def full_xx(self) -> np.ndarray:
-        """Symmetric Σ(x−c)(x−c)ᵀ."""
-        return self.xx
-
 
 def _shifts(X, Y, dt):
     """Per-column offsets (means of a first batch), exactly representable in ``dt``."""
@@ -144,7 +140,7 @@ def _standardised(tr: _Stats):
     """Training fold → (mean_x, scale_x, mean_y, Cs (standardised centred Gram), b = Xsᵀ yc)."""
     n = tr.n
     mx, my = tr.sx / n, tr.sy / n
-    XX = tr.full_xx()
+    XX = tr.xx
     C = XX - n * np.outer(mx, mx)
     var = np.diag(C) / n
     ex2 = np.diag(XX) / n
@@ -589,7 +585,7 @@ def _fold_sse(tr: _Stats, val: _Stats, alphas: np.ndarray):
     xy = (val.xy - np.outer(mx, val.sy) - np.outer(val.sx, my) + nv * np.outer(mx, my)) / s[:, None]
     Vs = V / s[:, None]
     p, u = Vs.T @ mx, Vs.T @ (val.sx - 0.5 * nv * mx)
-    Q = Vs.T @ (val.full_xx() @ Vs)                       # [F, F], PSD
+    Q = Vs.T @ (val.xx @ Vs)                             # [F, F], PSD
     Q -= np.outer(p, u)      # symmetric up to the gemms' round-off, which is all that is used
     Q -= np.outer(u, p)
     P = V.T @ xy                                          # [F, G]
