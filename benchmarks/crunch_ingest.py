@@ -102,7 +102,9 @@ def _child(mode: str, zarr: str, tile: int, out: str) -> None:
     """
     import spatialdata as sd
 
-    from tabst.ingest.crunch import _quiet, _scale0, ingest_crunch, label_centroids
+    from tabst.ingest.crunch import ingest_crunch, label_centroids
+    from tabst.ingest.crunch_read import find_raster, mask_2d
+    from tabst.ingest.zarr_raster import _quiet
 
     def reset_peak():
         with open("/proc/self/clear_refs", "w") as fh:
@@ -119,7 +121,8 @@ def _child(mode: str, zarr: str, tile: int, out: str) -> None:
         base = extra["after_read_zarr_mb"]  # measure the tile pass alone
         reset_peak()
         t0 = time.perf_counter()
-        c = label_centroids(_scale0(sdata.labels["HE_nuc_original"]).data, tile)
+        lab, _ = find_raster(sdata, "HE_nuc_original")
+        c = label_centroids(mask_2d(lab, "HE_nuc_original", zarr), tile)
         n = len(c)
     else:
         res = ingest_crunch([zarr], out, tile=tile, force=True, show_progress=False)

@@ -46,16 +46,34 @@ def _draw_mask(rng, size=SIZE, n=300):
     return mask
 
 
-def write_crunch_zarr(path, *, seed=0, size=SIZE, n=300, drop_tables=(), image=None,
-                      zarr_v2=False):
-    """A Crunch 1 style SpatialData zarr. Returns a dict with the numpy sources and the truth.
+def _regions_image(size: int) -> np.ndarray:
+    """Region mask in the H&E grid: four quadrants with values 1..4 (like ``group_HEspace``)."""
+    half = size // 2
+    yy, xx = np.mgrid[0:size, 0:size]
+    return (1 + (yy >= half) * 2 + (xx >= half)).astype(np.uint8)
 
-    ``zarr_v2``: the older on-disk layout the challenge files were distributed in (zarr v2,
+
+def write_crunch_zarr(path, *, seed=0, size=SIZE, n=300, drop_tables=(), image=None,
+                      zarr_v2=False, mask_as="image", region_column=True):
+    """A sample zarr in the Crunch 1 challenge's layout. Returns the numpy sources and the truth.
+
+    As the challenge ships it (DESIGN.md "Real input layouts"): every raster is an **Image**
+    element -- ``HE_original`` (3, y, x) uint8, the nucleus mask ``HE_nuc_original`` (1, y, x)
+    uint32 (pixel = cell_id), the registered twins ``HE_registered`` / ``HE_nuc_registered`` (in
+    Xenium space: another size), ``DAPI`` / ``DAPI_nuc`` and the region masks ``group`` /
+    ``group_HEspace``; Points ``transcripts``; Tables ``anucleus`` (X log1p(count/total*100),
+    layers['counts'], obsm['spatial'] = nucleus centroid (x, y) truncated to int as the
+    quickstarter does, var['gene_symbols']) and ``cell_id-group`` (obs cell_id, region, group).
+
+    ``mask_as="labels"``: the nucleus mask as a Labels (y, x) element instead (other tools'
+    variant). ``region_column=False``: no obs['region'] (regions only in ``group_HEspace``).
+    ``zarr_v2``: the on-disk format the challenge files were distributed in (zarr v2,
     OME-Zarr 0.4: ``.zgroup`` / ``.zattrs``), written with spatialdata's V01 formats."""
     import anndata as ad
     import pandas as pd
     import spatialdata as sd
-    from spatialdata.models import Image2DModel, Labels2DModel, TableModel
+    from skimage.measure import regionprops
+    from spatialdata.models import Image2DModel, Labels2DModel, PointsModel, TableModel
 
     rng = np.random.default_rng(seed)
     mask = _draw_mask(rng, size, n)
@@ -77,39 +95,68 @@ def write_crunch_zarr(path, *, seed=0, size=SIZE, n=300, drop_tables=(), image=N
     e_ids = rng.permutation(e_ids)           # table order unrelated to the mask
     counts = rng.poisson(3.0, size=(len(e_ids), len(GENES))).astype(np.float32)
     X = np.log1p(counts / np.maximum(counts.sum(1, keepdims=True), 1) * 100).astype(np.float32)
+    cent = {int(p.label): p.centroid for p in regionprops(mask)}
+    spatial = np.array([[int(cent[i][1]), int(cent[i][0])] if i in cent else [-1, -1]
+                        for i in e_ids], dtype=np.float64)
+    reg_img = _regions_image(size)
+    region_of = {i: f"region_{int(reg_img[int(c[0]), int(c[1])])}" for i, c in cent.items()}
+    g_region = np.array([region_of.get(int(i), "region_1") for i in g_ids], dtype=object)
     gperm = rng.permutation(len(g_ids))
     tables = {}
     if "anucleus" not in drop_tables:
-        a = ad.AnnData(X=X, obs=pd.DataFrame({"cell_id": e_ids}, index=[str(i) for i in e_ids]),
-                       var=pd.DataFrame(index=GENES))
+        a = ad.AnnData(X=X, obs=pd.DataFrame({"cell_id": e_ids}, index=[str(i) for i in
+                                                                          range(len(e_ids))]),
+                       var=pd.DataFrame({"gene_symbols": GENES}, index=GENES))
         a.layers["counts"] = counts
+        a.obsm["spatial"] = spatial
         tables["anucleus"] = TableModel.parse(a)
     if "cell_id-group" not in drop_tables:
-        gt = ad.AnnData(obs=pd.DataFrame({"cell_id": g_ids[gperm], "group": groups[gperm]},
-                                         index=[str(i) for i in g_ids[gperm]]))
+        obs = {"cell_id": g_ids[gperm], "group": groups[gperm]}
+        if region_column:
+            obs["region"] = g_region[gperm]
+        gt = ad.AnnData(obs=pd.DataFrame(obs, index=[str(i) for i in g_ids[gperm]]))
         tables["cell_id-group"] = TableModel.parse(gt)
+    xen = max(8, size // 2)  # Xenium-space rasters: another grid than the H&E
+    images = {
+        "HE_original": Image2DModel.parse(img, dims=("c", "y", "x"), chunks=(3, 512, 512)),
+        "HE_registered": Image2DModel.parse(img[:, :xen, :xen], dims=("c", "y", "x")),
+        "HE_nuc_registered": Image2DModel.parse(mask[None, :xen, :xen], dims=("c", "y", "x")),
+        "DAPI": Image2DModel.parse(img[:1, :xen, :xen], dims=("c", "y", "x")),
+        "DAPI_nuc": Image2DModel.parse(mask[None, :xen, :xen], dims=("c", "y", "x")),
+        "group": Image2DModel.parse(reg_img[None, :xen, :xen], dims=("c", "y", "x")),
+        "group_HEspace": Image2DModel.parse(reg_img[None], dims=("c", "y", "x")),
+    }
+    labels = {}
+    if mask_as == "image":
+        images["HE_nuc_original"] = Image2DModel.parse(mask[None], dims=("c", "y", "x"),
+                                                       chunks=(1, 500, 500))
+    else:
+        labels["HE_nuc_original"] = Labels2DModel.parse(mask, dims=("y", "x"), chunks=(500, 500))
+    tx = pd.DataFrame({"x": rng.uniform(0, xen, 50), "y": rng.uniform(0, xen, 50),
+                       "feature_name": pd.Categorical(rng.choice(GENES, 50)),
+                       "cell_id": rng.choice(e_ids, 50)})
+    points = {"transcripts": PointsModel.parse(tx, coordinates={"x": "x", "y": "y"},
+                                               feature_key="feature_name")}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        sdata = sd.SpatialData(
-            images={"HE_original": Image2DModel.parse(img, dims=("c", "y", "x"),
-                                                      chunks=(3, 512, 512))},
-            labels={"HE_nuc_original": Labels2DModel.parse(mask, dims=("y", "x"),
-                                                           chunks=(500, 500))},
-            tables=tables)
+        sdata = sd.SpatialData(images=images, labels=labels, points=points, tables=tables)
         if zarr_v2:
             from spatialdata._io.format import (
+                PointsFormatV01,
                 RasterFormatV01,
                 SpatialDataContainerFormatV01,
                 TablesFormatV01,
             )
 
             sdata.write(os.fspath(path), sdata_formats=[SpatialDataContainerFormatV01(),
-                                                        RasterFormatV01(), TablesFormatV01()])
+                                                        RasterFormatV01(), TablesFormatV01(),
+                                                        PointsFormatV01()])
         else:
             sdata.write(os.fspath(path))
     return dict(path=path, mask=mask, image=img, e_ids=e_ids, X=X, counts=counts,
-                g_ids=g_ids, groups=groups, mask_only=mask_only, expr_no_group=expr_no_group,
-                group_ghosts=group_ghosts, expr_ghosts=expr_ghosts, train_no_expr=train_no_expr)
+                g_ids=g_ids, groups=groups, g_region=g_region, region_of=region_of,
+                mask_only=mask_only, expr_no_group=expr_no_group, group_ghosts=group_ghosts,
+                expr_ghosts=expr_ghosts, train_no_expr=train_no_expr)
 
 
 @pytest.fixture(scope="session")
@@ -330,3 +377,105 @@ def test_cli(crunch, tmp_path):
 def test_tile_too_small():
     with pytest.raises(TabstError, match="at least 16"):
         label_centroids(np.zeros((10, 10), np.uint8), 4)
+
+
+def test_real_layout_mask_is_an_image_and_labels_variant_ingests_the_same(crunch, tmp_path):
+    """The challenge stores the nucleus mask as an Image (1, y, x); other tools as Labels (y, x).
+    Both are found without options and give identical stores and identical lazy mask reads."""
+    import spatialdata as sd
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        real = sd.read_zarr(crunch["path"])
+    assert "HE_nuc_original" in real.images and "HE_nuc_original" not in real.labels
+    assert tuple(real.images["HE_nuc_original"].shape) == (1, SIZE, SIZE)
+    assert {"HE_registered", "DAPI", "group", "group_HEspace"} <= set(real.images)
+    assert "transcripts" in real.points and "spatial" in real.tables["anucleus"].obsm
+    lab = write_crunch_zarr(tmp_path / "UC1_NI.zarr", mask_as="labels")
+    out = tmp_path / "labels.h5"
+    ingest_crunch([lab["path"]], out, tile=TILE, show_progress=False)
+    a, b = cells_frame(crunch["store"]), cells_frame(out)
+    for col in ("cell_id", "x", "y", "nucleus_area", "group", "region"):
+        np.testing.assert_array_equal(a[col].to_numpy(), b[col].to_numpy())
+    with open_store(crunch["store"]) as h1, open_store(out) as h2:
+        at1, at2 = dict(h1["images/UC1_NI"].attrs), dict(h2["images/UC1_NI"].attrs)
+    assert at1["mask_kind"] == "images" and at2["mask_kind"] == "labels"
+    r1 = ZarrSampleImage(crunch["store"], "UC1_NI", at1)
+    r2 = ZarrSampleImage(out, "UC1_NI", at2)
+    for y0, x0 in ((0, 0), (490, 495), (1990, 1990)):
+        m = r1.read_mask_region(y0, x0, 40, 40)
+        np.testing.assert_array_equal(m, r2.read_mask_region(y0, x0, 40, 40))
+        exp = np.zeros((40, 40), np.int64)
+        part = crunch["mask"][y0:y0 + 40, x0:x0 + 40]
+        exp[:part.shape[0], :part.shape[1]] = part
+        np.testing.assert_array_equal(m, exp)
+
+
+def test_regions_from_the_group_table_or_the_region_image(crunch, tmp_path):
+    f = cells_frame(crunch["store"])
+    in_group = dict(zip(crunch["g_ids"].tolist(), crunch["g_region"].tolist()))
+    exp = [in_group.get(int(k), "unknown") for k in f["mask_label"]]
+    assert f["region"].tolist() == exp and len(set(exp) - {"unknown"}) == 4
+    # 4 regions + "unknown" for the expression-only cells that have no group-table row
+    assert "5 region(s) from table 'cell_id-group' obs['region']" in crunch["lines"][0]
+    # no obs['region']: the region image group_HEspace at the centroid pixel
+    t = write_crunch_zarr(tmp_path / "UC1_NI.zarr", region_column=False)
+    out = tmp_path / "img.h5"
+    lines = []
+    ingest_crunch([t["path"]], out, tile=TILE, show_progress=False, log=lines.append)
+    g = cells_frame(out)
+    from test_ingest_crunch import _regions_image
+
+    reg = _regions_image(SIZE)
+    exp = [str(reg[int(y), int(x)]) for x, y in zip(g["x"], g["y"])]
+    assert g["region"].tolist() == exp and set(exp) == {"1", "2", "3", "4"}
+    assert "region image 'group_HEspace'" in lines[0]
+
+
+def test_obsm_spatial_cross_checked_against_mask_centroids(crunch, tmp_path):
+    c = crunch["result"].samples["UC1_NI"]
+    # the fixture's obsm['spatial'] is int(centroid) as in the quickstarter: < 1.5 px apart
+    assert 0 < c["spatial_max_px"] < 1.5 and c["spatial_n"] == c["n_with_expression"]
+    assert "obsm['spatial'] vs mask centroids: max" in crunch["lines"][0]
+    assert "WARNING" not in crunch["lines"][0]
+    with open_store(crunch["store"]) as h:
+        assert h["images/UC1_NI"].attrs["spatial_max_px"] == c["spatial_max_px"]
+        assert h["expression/counts"].shape == h["expression/X"].shape  # counts kept
+    # (y, x) order in obsm: a loud warning, and the store still uses the mask centroids
+    import spatialdata as sd
+
+    t = write_crunch_zarr(tmp_path / "S.zarr", size=600, n=40)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        s = sd.read_zarr(t["path"])
+        a = s.tables["anucleus"]
+        a.obsm["spatial"] = a.obsm["spatial"][:, ::-1].copy()
+        s.delete_element_from_disk("anucleus")
+        s.write_element("anucleus")
+    lines = []
+    ingest_crunch([t["path"]], tmp_path / "s.h5", tile=TILE, show_progress=False,
+                  log=lines.append)
+    assert "WARNING" in lines[0] and "looks like (y, x)" in lines[0]
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -1.0])
+def test_bad_expression_values_are_refused(tmp_path, bad):
+    import spatialdata as sd
+
+    t = write_crunch_zarr(tmp_path / "S.zarr", size=400, n=30)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        s = sd.read_zarr(t["path"])
+        a = s.tables["anucleus"]
+        X = np.array(a.X)
+        X[2, 5] = bad
+        a.X = X
+        s.delete_element_from_disk("anucleus")
+        s.write_element("anucleus")
+    out = tmp_path / "s.h5"
+    with pytest.raises(InputError) as e:
+        ingest_crunch([t["path"]], out, tile=TILE, show_progress=False)
+    msg = str(e.value)
+    assert f"cell_id {t['e_ids'][2]}" in msg and GENES[5] in msg and "row 3" in msg
+    assert ("negative" if bad < 0 else "not finite") in msg
+    assert not out.exists()
