@@ -54,7 +54,7 @@ def _regions_image(size: int) -> np.ndarray:
 
 
 def write_crunch_zarr(path, *, seed=0, size=SIZE, n=300, drop_tables=(), image=None,
-                      zarr_v2=False, mask_as="image", region_column=True):
+                      zarr_v2=False, mask_as="image", region_column=True, ghosts=True):
     """A sample zarr in the Crunch 1 challenge's layout. Returns the numpy sources and the truth.
 
     As the challenge ships it (DESIGN.md "Real input layouts"): every raster is an **Image**
@@ -67,6 +67,8 @@ def write_crunch_zarr(path, *, seed=0, size=SIZE, n=300, drop_tables=(), image=N
 
     ``mask_as="labels"``: the nucleus mask as a Labels (y, x) element instead (other tools'
     variant). ``region_column=False``: no obs['region'] (regions only in ``group_HEspace``).
+    ``ghosts=False``: every table cell has a nucleus in the mask (as in the challenge's files;
+    by default a few table ids have none, to test that ingest drops and counts them).
     ``zarr_v2``: the on-disk format the challenge files were distributed in (zarr v2,
     OME-Zarr 0.4: ``.zgroup`` / ``.zattrs``), written with spatialdata's V01 formats."""
     import anndata as ad
@@ -84,7 +86,7 @@ def write_crunch_zarr(path, *, seed=0, size=SIZE, n=300, drop_tables=(), image=N
     mask_only = perm[:10]                   # in the mask, in no table -> dropped
     expr_no_group = perm[10:14]             # expression but no group row -> kept as train
     in_group = perm[14:]
-    ghosts = rng.choice(np.arange(2_000_000, 3_000_000), size=7, replace=False)
+    ghosts = rng.choice(np.arange(2_000_000, 3_000_000), size=7 if ghosts else 0, replace=False)
     group_ghosts, expr_ghosts = ghosts[:5], ghosts[5:]  # table ids with no nucleus -> dropped
     g_ids = np.concatenate([in_group, group_ghosts])
     groups = rng.choice(["train", "validation", "test"], size=len(g_ids), p=[0.6, 0.2, 0.2])
