@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import StoreError, TabstError
+from .safeio import check_legacy_file, check_no_pickles, load_npz
 from .store import get_str_list, iter_batches, opened, read_strings
 
 DEFAULT_FEATURE_SET = {
@@ -394,7 +395,11 @@ class FeatureBuilder:
 
     @classmethod
     def load(cls, path) -> "FeatureBuilder":
+        """Load a builder saved with :meth:`save`. A pickled one (``<path>.joblib`` of older run
+        folders, or a pickle in ``path``) is refused (:class:`tabst.safeio.UnsafeFileError`)."""
         path = Path(path)
+        check_legacy_file(path)
+        check_no_pickles(path)
         if not (path / "features.json").exists():
             raise TabstError(f"{path}: no features.json (not a saved feature builder).")
         meta = json.loads((path / "features.json").read_text())
@@ -405,11 +410,11 @@ class FeatureBuilder:
         fb.tissues_ = meta["tissues"]
         fb.extra_features_ = meta["extra_features"]
         fb.n_train_rows_ = meta["n_train_rows"]
-        with np.load(path / "features.npz") as z:
-            if "pca_mean" in z.files:
-                fb.pca_mean_ = z["pca_mean"]
-                fb.pca_components_ = z["pca_components"]
-                fb.pca_explained_variance_ratio_ = z["pca_evr"]
+        z = load_npz(path / "features.npz")
+        if "pca_mean" in z:
+            fb.pca_mean_ = z["pca_mean"]
+            fb.pca_components_ = z["pca_components"]
+            fb.pca_explained_variance_ratio_ = z["pca_evr"]
         fb.feature_names_ = meta["feature_names"]
         fb.feature_groups_ = meta["feature_groups"]
         return fb

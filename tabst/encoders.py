@@ -126,7 +126,7 @@ def _imagenet_state(encoder: str, weights: str):
     if not cache_file.exists():
         try:
             torch.hub.load_state_dict_from_url(url, progress=True, check_hash=True,
-                                               map_location="cpu")
+                                               map_location="cpu", weights_only=True)
         except Exception as e:  # URLError, HTTPError, OSError, RuntimeError (hash), ...
             raise _offline_error(encoder, url, cache_file, e) from None
     state = torch.load(cache_file, map_location="cpu", weights_only=True)

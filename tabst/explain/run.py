@@ -4,13 +4,13 @@ Which model explains which cell (the honest default)
 ----------------------------------------------------
 Each fold of the run held out one or more samples. A cell is explained by **the model of the
 fold that held its sample out** (``models/<model>/fold_<k>/``, with that fold's fitted
-``features/fold_<k>.joblib``), i.e. by a model that never saw the cell, its sample, or any
+``features/fold_<k>/``), i.e. by a model that never saw the cell, its sample, or any
 spatial neighbour — the same predictions that were scored in the leaderboard (checked: the
 reloaded model must reproduce ``predictions.h5``). Each fold model has its own base value
 (its training mean), so ``base`` is stored per cell.
 
 With ``refit=True`` the models refitted on all rows (``models/<model>/all/``, features
-``features/all.joblib``) explain the same cells instead: the model one would deploy, but the
+``features/all/``) explain the same cells instead: the model one would deploy, but the
 cells were *in its training data*; the report says so in its header.
 
 Bounded work
@@ -32,6 +32,7 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import TabstError
+from ..safeio import UnsafeFileError, check_legacy_file
 from .attribution import (
     AdditivityWarning,
     ModelAttributions,
@@ -98,12 +99,9 @@ class Run:
         from ..dataset import FeatureBuilder
 
         p = self.features_path(fold)
+        check_legacy_file(p)  # refuses the fold_<k>.joblib of older run folders: pickles run code
         if p.is_dir():
             return FeatureBuilder.load(p)
-        if p.with_suffix(".joblib").exists():  # older run folders
-            import joblib
-
-            return joblib.load(p.with_suffix(".joblib"))
         raise TabstError(f"{p}: the fitted feature builder is missing; re-run `tabst compare`.")
 
     def folds(self) -> list[int]:
@@ -463,6 +461,8 @@ def tree_rules(run: Run, genes: Sequence[str], refit_first: bool = True, max_dep
         return {}
     try:
         tree = load_model(path)
+    except UnsafeFileError:  # a pickle in a shared run folder: refuse loudly, never skip quietly
+        raise
     except Exception as e:  # noqa: BLE001 - rules are an extra
         warnings.warn(f"cannot load the decision tree at {path}: {e}")
         return {}

@@ -36,6 +36,7 @@ import numpy as np
 
 from ..codec import codec_from_state, make_codec
 from ..errors import TabstError
+from ..safeio import check_no_pickles, load_npz
 from ..util import atomic_dir, json_default
 
 COMMON_DEFAULTS = {"codec": "identity", "codec_k": 32, "seed": 0}
@@ -297,8 +298,9 @@ class TabstModel:
         """Save into directory ``path`` (written to a temp folder, then renamed).
 
         Files: ``model.json`` (registry key, params, names, timings), ``state.npz`` (arrays:
-        codec, imputer, model), plus library files (``booster.json``, ``tabnet.zip``,
-        ``tree.pkl``). Pickles are only used for sklearn trees; load only files you trust.
+        codec, imputer, model, e.g. the sklearn tree's nodes), plus library files
+        (``booster.json``: XGBoost JSON; ``tabnet.zip``: JSON + a torch state dict). No pickle:
+        loading a shared run folder never runs code from it.
         """
         self._check_fitted()
         path = Path(path)
@@ -323,10 +325,16 @@ class TabstModel:
 
     @classmethod
     def load(cls, path) -> "TabstModel":
-        """Load a model saved with :meth:`save` (``TabstModel.load`` dispatches on the registry)."""
+        """Load a model saved with :meth:`save` (``TabstModel.load`` dispatches on the registry).
+
+        A folder holding a pickle (``tree.pkl`` of older versions, ``*.joblib``) is refused
+        with :class:`tabst.safeio.UnsafeFileError` before anything in it is read; arrays are
+        read with ``allow_pickle=False``.
+        """
         from . import REGISTRY
 
         path = Path(path)
+        check_no_pickles(path)
         mf = path / "model.json"
         if not mf.exists():
             raise TabstError(f"{path}: not a saved tabst model (no model.json).")
@@ -336,8 +344,7 @@ class TabstModel:
             raise TabstError(f"{path}: unknown model '{meta['model']}' "
                              f"(known: {', '.join(REGISTRY)}).")
         obj = klass(**meta["params"])
-        with np.load(path / "state.npz") as z:
-            arrays = {k: z[k] for k in z.files}
+        arrays = load_npz(path / "state.npz")
         obj.codec_ = codec_from_state(meta["codec"], arrays)
         obj.impute_values_ = arrays.get("impute_values")
         obj.feature_names_ = list(meta["feature_names"])

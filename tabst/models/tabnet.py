@@ -265,9 +265,48 @@ class TabNetModel(TabstModel):
             self.net_.save_model(str(path / "tabnet"))
 
     def _load_files(self, path: Path):
+        """pytorch-tabnet's ``load_model``, but the state dict is read with
+        ``torch.load(weights_only=True)`` whatever torch's default: no code runs on load."""
         from pytorch_tabnet.tab_model import TabNetRegressor
 
+        params, blob = _read_tabnet_zip(path / "tabnet.zip")
+        params["init_params"]["device_name"] = self.device_
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            self.net_ = TabNetRegressor(device_name=self.device_)
-            self.net_.load_model(str(path / "tabnet.zip"))
+            net = TabNetRegressor(**params["init_params"])
+            state = _torch_state(blob, net.device, path / "tabnet.zip")
+            net._set_network()
+            net.network.load_state_dict(state)
+            net.network.eval()
+            net.load_class_attrs(params["class_attrs"])
+        self.net_ = net
+
+
+def _read_tabnet_zip(zf: Path):
+    """(model_params.json as a dict, network.pt bytes) of a pytorch-tabnet model zip."""
+    import json
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(zf) as z:
+            return json.loads(z.read("model_params.json")), z.read("network.pt")
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as e:
+        raise TabstError(f"{zf}: not a readable TabNet model ({type(e).__name__}: {e}). "
+                         "Re-run `tabst compare`.") from None
+
+
+def _torch_state(blob: bytes, device, zf: Path) -> dict:
+    """A torch state dict from bytes, tensors only (``weights_only=True``)."""
+    import pickle
+
+    import torch
+
+    from ..safeio import refuse
+
+    try:
+        return torch.load(io.BytesIO(blob), map_location=device, weights_only=True)
+    except pickle.UnpicklingError:
+        raise refuse(f"{zf}:network.pt", "a torch file holding Python objects") from None
+    except (RuntimeError, EOFError, OSError) as e:
+        raise TabstError(f"{zf}:network.pt: not a readable torch state dict ({e}). Re-run "
+                         "`tabst compare`.") from None

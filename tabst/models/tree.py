@@ -1,9 +1,6 @@
 """A single multi-output decision tree: readable rules with feature names."""
 from __future__ import annotations
 
-import pickle
-from pathlib import Path
-
 import numpy as np
 
 from ..errors import TabstError
@@ -26,6 +23,11 @@ class TreeModel(TabstModel):
     ----------
     tree_model_ : the fitted ``DecisionTreeRegressor`` (outputs = codes).
 
+    Saved without pickle: the ``tree_`` node arrays (one per field of sklearn's node record:
+    children, feature, threshold, impurity, sample counts, ``missing_go_to_left``) and the node
+    values go into ``state.npz``, sizes into ``model.json``; :meth:`load` rebuilds an identical
+    ``DecisionTreeRegressor`` (bit-identical predictions) after checking the node links.
+
     ``explain``: ``shap.TreeExplainer`` (path-dependent, exact for trees, additivity checked by
     shap) on the codes, decoded linearly to genes. ``rules_text(output)``: the tree as text rules
     (``sklearn.tree.export_text``) with feature names and the leaf values of one gene (decoded
@@ -36,14 +38,17 @@ class TreeModel(TabstModel):
     DEFAULTS = {"max_depth": 6, "min_samples_leaf": 20, "max_features": None, "ccp_alpha": 0.0,
                 "codec": "pca"}
 
-    def _fit(self, X, Z, groups):
+    def _estimator(self):
+        """An unfitted ``DecisionTreeRegressor`` with this model's parameters."""
         from sklearn.tree import DecisionTreeRegressor
 
         p = self.params
-        self.tree_model_ = DecisionTreeRegressor(
+        return DecisionTreeRegressor(
             max_depth=p["max_depth"], min_samples_leaf=p["min_samples_leaf"],
-            max_features=p["max_features"], ccp_alpha=p["ccp_alpha"],
-            random_state=p["seed"]).fit(X, Z)
+            max_features=p["max_features"], ccp_alpha=p["ccp_alpha"], random_state=p["seed"])
+
+    def _fit(self, X, Z, groups):
+        self.tree_model_ = self._estimator().fit(X, Z)
 
     def _predict(self, X):
         return self._reshape(self.tree_model_.predict(X))
@@ -111,11 +116,78 @@ class TreeModel(TabstModel):
         body = export_text(one, feature_names=names, max_depth=max_depth, decimals=decimals)
         return f"# decision tree ({self.display_name}); leaf value = predicted {label}\n" + body
 
-    # --- persistence -------------------------------------------------------------------------
-    def _save_files(self, path: Path):
-        with open(path / "tree.pkl", "wb") as f:
-            pickle.dump(self.tree_model_, f, protocol=pickle.HIGHEST_PROTOCOL)
+    # --- persistence (no pickle: node arrays in state.npz, sizes in model.json) ------------
+    def _state(self) -> dict:
+        st = self.tree_model_.tree_.__getstate__()
+        nodes = st["nodes"]
+        arrays = {f"tree_{name}": np.ascontiguousarray(nodes[name]) for name in nodes.dtype.names}
+        arrays["tree_values"] = np.asarray(st["values"])
+        return arrays
 
-    def _load_files(self, path: Path):
-        with open(path / "tree.pkl", "rb") as f:
-            self.tree_model_ = pickle.load(f)
+    def _meta(self) -> dict:
+        est = self.tree_model_
+        return {"sklearn_tree": {"n_features": int(est.n_features_in_),
+                                 "n_outputs": int(est.n_outputs_),
+                                 "max_features_": int(est.max_features_),
+                                 "max_depth": int(est.tree_.max_depth),
+                                 "node_count": int(est.tree_.node_count)}}
+
+    def _set_state(self, arrays: dict, meta: dict) -> None:
+        info = meta.get("sklearn_tree")
+        if info is None or "tree_values" not in arrays:
+            raise TabstError("saved tree model without its node arrays (an older tabst "
+                             "version?). Re-run `tabst compare`.")
+        est = self._estimator()
+        est.tree_ = _rebuild_tree(arrays, info)
+        est.n_outputs_ = int(info["n_outputs"])
+        est.n_features_in_ = int(info["n_features"])
+        est.max_features_ = int(info["max_features_"])
+        self.tree_model_ = est
+
+
+def _node_record(arrays: dict, n: int):
+    """sklearn's node structured array (installed version's dtype) from saved field arrays."""
+    from sklearn.tree._tree import NODE_DTYPE
+
+    nodes = np.zeros(n, dtype=NODE_DTYPE)
+    for name in NODE_DTYPE.names:
+        a = arrays.get(f"tree_{name}")
+        if a is None:
+            if name == "missing_go_to_left":  # saved by an sklearn without missing-value support
+                continue
+            raise TabstError(f"saved tree model lacks node field '{name}'. Re-run `tabst compare`.")
+        if a.shape != (n,):
+            raise TabstError(f"saved tree model: node field '{name}' has shape {a.shape}, "
+                             f"expected ({n},). Re-run `tabst compare`.")
+        nodes[name] = a
+    return nodes
+
+
+def _check_links(nodes, n_features: int) -> None:
+    """Children come after their parent (as sklearn builds them) and split features exist, so
+    prediction never reads outside the arrays."""
+    idx = np.arange(len(nodes))
+    left, right, feat = nodes["left_child"], nodes["right_child"], nodes["feature"]
+    leaf = left == -1
+    inner_ok = ((left > idx) & (right > idx) & (left < len(nodes)) & (right < len(nodes))
+                & (feat >= 0) & (feat < n_features))
+    if not np.all(np.where(leaf, right == -1, inner_ok)):
+        raise TabstError("saved tree model has inconsistent node links (corrupt file). "
+                         "Re-run `tabst compare`.")
+
+
+def _rebuild_tree(arrays: dict, info: dict):
+    """A ``sklearn.tree._tree.Tree`` equal to the saved one."""
+    from sklearn.tree._tree import Tree
+
+    n, k, nf = int(info["node_count"]), int(info["n_outputs"]), int(info["n_features"])
+    nodes = _node_record(arrays, n)
+    _check_links(nodes, nf)
+    values = np.ascontiguousarray(arrays["tree_values"], dtype=np.float64)
+    if n < 1 or values.shape != (n, k, 1):
+        raise TabstError(f"saved tree model: values of shape {values.shape}, expected "
+                         f"({n}, {k}, 1). Re-run `tabst compare`.")
+    tree = Tree(nf, np.ones(k, dtype=np.intp), k)
+    tree.__setstate__({"max_depth": int(info["max_depth"]), "node_count": n, "nodes": nodes,
+                       "values": values})
+    return tree
