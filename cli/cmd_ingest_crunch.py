@@ -26,7 +26,9 @@ def register(app, ingest_app):
         image_element: str = typer.Option("HE_original", "--image-element",
                                           help="H&E image element (c, y, x)"),
         mask_element: str = typer.Option("HE_nuc_original", "--mask-element",
-                                         help="nucleus label element (pixel value = cell_id)"),
+                                         help="nucleus mask element (pixel value = cell_id): an "
+                                              "Image (1, y, x) as the challenge ships it, or "
+                                              "Labels (y, x); found in either"),
         expression_table: str = typer.Option("anucleus", "--expression-table",
                                              help="table with expression (X, layers['counts'])"),
         group_table: str = typer.Option("cell_id-group", "--group-table",

@@ -136,6 +136,24 @@ def feature_spec(cfg: dict, embedding: str | None) -> dict:
     return spec
 
 
+def resolve_region_column(f, cfg) -> str | None:
+    """The ``/cells`` column of regions for the cell-wise averages: ``region_column`` as
+    configured; ``auto`` = ``/cells/region`` when the store has one (a Crunch store does), else
+    none (region = sample)."""
+    col = cfg["region_column"]
+    if col == "auto":
+        return "region" if "cells/region" in f else None
+    return col or None
+
+
+def _fold_record(fd, regions) -> dict:
+    d = fd.to_dict()
+    if regions is not None:
+        names, counts = np.unique(regions[fd.test], return_counts=True)
+        d["test_regions"] = {str(r): int(c) for r, c in zip(names, counts)}
+    return d
+
+
 def _cells(f, rows, name, cfg_key):
     if f"cells/{name}" not in f:
         raise StoreError(f"{f.filename}: no column /cells/{name} (config key {cfg_key!r}). "
@@ -199,10 +217,7 @@ def run_compare(store, config=None, out=None, *, overrides=(), models=None, feat
     if out is None:
         out = Path("reports") / f"{cfg['name']}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
     out = Path(out)
-    if out.exists() and not force:
-        raise TabstError(f"{out} already exists. Pass --force to replace it, or choose another "
-                         "--out.")
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, force=force) as tmp:  # checks --out, locks it, never replaces unasked
         with opened(store) as f:
             store_path = Path(f.filename).resolve()
             info = _compare_in(f, cfg, tmp, REGISTRY, FeatureBuilder, load_targets,
@@ -238,8 +253,8 @@ def _compare_in(f, cfg, tmp: Path, REGISTRY, FeatureBuilder, load_targets, rows_
     cell_id = _cells(f, rows, "cell_id", "cell_id").astype(str)
     xs = _cells(f, rows, "x", "x").astype(np.float64)
     ys = _cells(f, rows, "y", "y").astype(np.float64)
-    regions = (_cells(f, rows, cfg["region_column"], "region_column").astype(str)
-               if cfg["region_column"] else None)
+    region_col = resolve_region_column(f, cfg)
+    regions = _cells(f, rows, region_col, "region_column").astype(str) if region_col else None
     groups = (_cells(f, rows, cfg["group_column"], "group_column").astype(str)
               if cfg["group_column"] else None)
     emb_name = resolve_embedding(f, cfg)
@@ -436,7 +451,8 @@ def _compare_in(f, cfg, tmp: Path, REGISTRY, FeatureBuilder, load_targets, rows_
 
         gene_info["file"] = str(Path(gsel["file"]).resolve())
         gene_info["file_sha256"] = sha256_file(gsel["file"])
-    return {"folds": [fd.to_dict() for fd in folds], "n_rows": int(len(rows)), "genes": genes,
+    return {"folds": [_fold_record(fd, regions) for fd in folds], "region_column": region_col,
+            "n_rows": int(len(rows)), "genes": genes,
             "n_store_genes": G_store, "gene_selection": gene_info,
             "samples": {s: int(c) for s, c in zip(*np.unique(samples, return_counts=True))},
             "embedding": {"name": emb_name, "attrs": emb_attrs} if emb_name else None,
@@ -565,7 +581,7 @@ def _run_record(cfg, store_path: Path, info: dict, command) -> dict:
         "metric_labels": METRIC_LABEL, "metric_direction": METRIC_DIRECTION,
         "unsafe_random_split": bool(cfg["unsafe_random_split"]), "folds_scheme": cfg["folds"],
         "folds": info["folds"], "group_column": cfg["group_column"],
-        "region_column": cfg["region_column"],
+        "region_column": info["region_column"], "region_column_config": cfg["region_column"],
         "seeds": {"seed": cfg["seed"],
                   "models": {m: model_params(cfg, m)["seed"] for m in cfg["models"]}},
         "store": {"path": str(store_path), "bytes": st.st_size,

@@ -23,7 +23,8 @@ Keys (everything optional in a file; missing keys take the defaults of :data:`DE
     ``leave-one-sample-out`` | ``group-kfold:K`` | ``random:K`` (needs ``unsafe_random_split``).
 ``group_column`` / ``region_column``
     ``/cells`` columns: the fold unit (default: sample) and the region used when averaging the
-    cell-wise metrics (default: region = sample).
+    cell-wise metrics (``auto``, the default: ``/cells/region`` when the store has it, as Crunch
+    stores do, else region = sample; ``null``: region = sample).
 ``unsafe_random_split``
     Allow a cell-level random split (flagged in red in every output).
 ``primary_metric``
@@ -64,7 +65,7 @@ DEFAULTS: dict = {
     "params": {},
     "folds": "leave-one-sample-out",
     "group_column": None,
-    "region_column": None,
+    "region_column": "auto",
     "unsafe_random_split": False,
     "primary_metric": "cellwise_spearman",
     "seed": 0,
@@ -248,7 +249,9 @@ def validate_config(cfg: dict, source: str = "config") -> dict:
     try:
         out["features"] = validate_spec(out["features"])
     except TabstError as e:
-        raise TabstError(f"{source}: key 'features': {str(e).split(': ', 1)[-1]}") from None
+        msg = str(e).split(": ", 1)[-1]  # "key 'embedding.pca' must be ..." -> features.embedding.pca
+        msg = ("key 'features." + msg[5:]) if msg.startswith("key '") else f"key 'features': {msg}"
+        raise TabstError(f"{source}: {msg}") from None
     # folds / metric
     try:
         kind, _ = parse_folds(out["folds"])
