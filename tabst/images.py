@@ -191,6 +191,7 @@ class _Plane:
 
     def __init__(self, arr, axes: str = "YXS"):
         self.arr, self.axes = arr, axes.upper()
+        self.colour, self.colormap = "rgb", None  # see tabst.image_files.tiff_colour
         if "Y" not in self.axes or "X" not in self.axes:
             raise ValueError(f"image axes {axes!r} have no Y and X")
         self.height = int(arr.shape[self.axes.index("Y")])
@@ -235,7 +236,12 @@ class _Plane:
 
 
 def _open_plane(path: Path, what: str, cache_small: bool = True):
-    """Open an image file as a :class:`_Plane`: TIFF lazily by region, others decoded once."""
+    """Open an image file as a :class:`_Plane`: TIFF lazily by region, others decoded once.
+
+    Every header is checked against :func:`tabst.image_files.max_image_pixels` before any pixel
+    is decoded; TIFFs are never decoded whole. The plane's ``colour`` (see
+    :func:`tabst.image_files.tiff_colour`) says how :class:`FileImage` turns samples into RGB.
+    """
     if not path.exists():
         raise InputError(f"the {what} does not exist", file=path,
                          fix="the store records image paths relative to its own folder: keep the "
@@ -244,14 +250,15 @@ def _open_plane(path: Path, what: str, cache_small: bool = True):
         else path.suffix.lower()
     if suffix in TIFF_SUFFIXES or suffix.endswith((".tif", ".tiff")):
         return _open_tiff(path, what)
-    from PIL import Image
+    from .image_files import open_pil
 
     try:
-        Image.MAX_IMAGE_PIXELS = None  # whole-slide H&E images are legitimately huge
-        with Image.open(path) as im:
+        with open_pil(path, what=what) as im:
             if im.mode in ("P", "PA", "CMYK", "YCbCr", "LAB", "HSV"):
                 im = im.convert("RGBA" if "A" in im.mode else "RGB")
             arr = np.asarray(im)
+    except InputError:
+        raise
     except Exception as e:  # PIL raises many types for corrupt files
         raise InputError(f"cannot decode the {what} ({type(e).__name__}: {e})", file=path,
                          fix="check that the file is a readable PNG/JPEG/TIFF image") from None
@@ -262,17 +269,21 @@ def _open_tiff(path: Path, what: str):
     import tifffile
     import zarr
 
+    from .image_files import tiff_header
+
     try:
-        with tifffile.TiffFile(path) as tf:
-            axes = tf.series[0].axes
+        hdr = tiff_header(path, what=what)
         store = tifffile.imread(path, aszarr=True, series=0, level=0)
         z = zarr.open(store, mode="r")
         if not hasattr(z, "shape"):  # a group of pyramid levels
             z = z[sorted(z.keys(), key=lambda k: int(k) if k.isdigit() else 1 << 30)[0]]
+    except InputError:
+        raise
     except Exception as e:
         raise InputError(f"cannot open the {what} TIFF ({type(e).__name__}: {e})", file=path,
                          fix="check that the file is a readable (OME-)TIFF") from None
-    plane = _Plane(z, axes)
+    plane = _Plane(z, hdr["axes"])
+    plane.colour, plane.colormap = hdr["colour"], hdr["colormap"]
     plane._store = store  # keep the tifffile handle alive; closed by FileImage.close
     return plane
 
@@ -305,7 +316,12 @@ class FileImage:
                              fix="the file changed since ingest: re-run the ingest")
 
     def read_region(self, y0: int, x0: int, h: int, w: int) -> np.ndarray:
-        return to_uint8_rgb(self._img.read(int(y0), int(x0), int(h), int(w)))
+        win = self._img.read(int(y0), int(x0), int(h), int(w))
+        if self._img.colour != "rgb":  # CMYK, palette, white-is-zero TIFFs
+            from .image_files import to_rgb_colour
+
+            win = to_rgb_colour(win, self._img.colour, self._img.colormap)
+        return to_uint8_rgb(win)
 
     def read_mask_region(self, y0: int, x0: int, h: int, w: int):
         if not self.has_mask:
@@ -350,7 +366,7 @@ class PerCellImages:
             self.base = Path(store_path).resolve().parent
 
     def read_patch(self, row: int, fields: dict) -> np.ndarray:
-        from PIL import Image
+        from .image_files import open_pil
 
         rel = fields.get("image")
         if rel is None or str(rel) == "":
@@ -359,10 +375,14 @@ class PerCellImages:
         p = Path(str(rel))
         p = p if p.is_absolute() else self.base / p
         try:
-            with Image.open(p) as im:
+            with open_pil(p, what="per-cell patch image") as im:
                 if im.mode not in ("RGB", "L", "RGBA", "LA", "I;16", "I", "F"):
-                    im = im.convert("RGB")
+                    im = im.convert("RGB")  # CMYK, palette, YCbCr ... converted, never truncated
                 arr = np.asarray(im)
+        except InputError as e:
+            msg, prefix = str(e).split("\n")[0], f"{p}: "
+            raise InputError(msg[len(prefix):] if msg.startswith(prefix) else msg, file=p,
+                             row=row + 1, column="image", fix=e.fix) from None
         except FileNotFoundError:
             raise InputError("the per-cell patch image does not exist", file=p,
                              row=row + 1, column="image",

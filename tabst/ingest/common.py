@@ -1,27 +1,23 @@
-"""Shared ingest helpers: reading tables and expression files in chunks, image headers,
-and writing the store fields every ingest writes (see docs/conventions.md).
+"""Shared ingest helpers: image headers, writing the store fields every ingest writes (see
+docs/conventions.md), and streaming expression into ``/expression/X``.
 
 Other ingest modules (Crunch, Visium, HEST...) import from here:
 
-- :func:`table_columns`, :func:`read_table`, :func:`iter_table_batches` -- CSV/TSV/Parquet
-  (optionally gzip/bz2-compressed text) through pyarrow, with type errors turned into
-  :class:`~tabst.errors.InputError` that name the file, the 1-based data row and the column.
-- :func:`check_image_size` -- height/width/channels from the image header only.
+- :func:`check_image_size` -- height/width/channels from the image header only (refusing
+  headers beyond the pixel limit of :func:`tabst.images.max_image_pixels`).
 - :func:`write_strings`, :func:`write_cells`, :func:`write_image_group` -- ``/cells/*`` and
   ``/images/<sample>`` with the conventional descriptions and units.
-- :func:`open_expression` -- one reader class per expression file layout, all with the same
-  ``genes`` / ``iter_chunks()`` interface.
 - :func:`write_expression_streaming` -- match expression rows to cells by id and fill a
   preallocated, row-chunked ``/expression/X`` in cell order, holding one chunk in memory.
+
+Tables (:mod:`.tabular`), expression file readers (:mod:`.expression`) and value checks
+(:mod:`.checks`) live in their own modules; the names below are re-exported from here.
 """
 from __future__ import annotations
 
-import bz2
-import csv
-import gzip
 import os
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,16 +26,29 @@ import numpy as np
 from ..errors import InputError
 from ..store import put, set_attr
 from ..util import relpath_from
-
-#: rows per expression chunk held in memory while streaming (460 genes -> ~7 MB float32)
-DEFAULT_CHUNK_ROWS = 4096
-#: bytes of CSV text per pyarrow block
-CSV_STREAM_BLOCK_BYTES = 1 << 20
+from .checks import check_expression_block, check_sample_name
+from .expression import (  # noqa: F401 - re-exported
+    ExpressionReader,
+    H5adExpression,
+    H5MatrixExpression,
+    TableExpression,
+    _preview,
+    open_expression,
+    select_genes,
+)
+from .tabular import (  # noqa: F401 - re-exported
+    CSV_STREAM_BLOCK_BYTES,
+    DEFAULT_CHUNK_ROWS,
+    PARQUET_SUFFIXES,
+    TEXT_TABLE_SUFFIXES,
+    iter_table_batches,
+    parse_gene_list,
+    read_table,
+    table_columns,
+    table_format,
+)
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
-TEXT_TABLE_SUFFIXES = {".csv": ",", ".tsv": "\t", ".tab": "\t", ".txt": "\t"}
-PARQUET_SUFFIXES = (".parquet", ".pq")
-
 # conventional descriptions of the /cells fields
 CELL_FIELD_DOCS = {
     "cell_id": ("unique cell identifier", None),
@@ -52,267 +61,6 @@ CELL_FIELD_DOCS = {
     "patch_index": ("row of the cell's patch in the sample's HEST patches file", None),
     "has_expression": ("True where the cell has measured expression (else NaN in X)", None),
 }
-
-
-# --------------------------------------------------------------------------------------------
-# tables
-# --------------------------------------------------------------------------------------------
-def _split_suffix(path: Path) -> tuple[str, str | None]:
-    """(table suffix, compression) of e.g. ``x.csv.gz`` -> ('.csv', 'gzip')."""
-    sfx = [s.lower() for s in path.suffixes]
-    comp = None
-    if sfx and sfx[-1] in (".gz", ".bz2"):
-        comp = "gzip" if sfx[-1] == ".gz" else "bz2"
-        sfx = sfx[:-1]
-    return (sfx[-1] if sfx else ""), comp
-
-
-def table_format(path) -> str:
-    """``"csv"`` or ``"parquet"``; raises InputError for anything else."""
-    path = Path(path)
-    sfx, _ = _split_suffix(path)
-    if sfx in TEXT_TABLE_SUFFIXES:
-        return "csv"
-    if sfx in PARQUET_SUFFIXES:
-        return "parquet"
-    raise InputError(f"unsupported table format '{sfx or path.name}'", file=path,
-                     fix="use CSV (.csv), TSV (.tsv/.tab/.txt, optionally .gz) or Parquet (.parquet)")
-
-
-def _delimiter(path: Path) -> str:
-    sfx, _ = _split_suffix(path)
-    return TEXT_TABLE_SUFFIXES.get(sfx, ",")
-
-
-def _open_text(path: Path):
-    _, comp = _split_suffix(path)
-    if comp == "gzip":
-        return gzip.open(path, "rt", newline="")
-    if comp == "bz2":
-        return bz2.open(path, "rt", newline="")
-    return open(path, "r", newline="", encoding="utf-8-sig")
-
-
-def _require_file(path: Path, what: str) -> None:
-    if not path.exists():
-        raise InputError(f"{what} not found", file=path, fix="check the path")
-    if not path.is_file():
-        raise InputError(f"{what} is not a file", file=path, fix="give the path of a file")
-
-
-def table_columns(path) -> list[str]:
-    """Column names of a CSV/TSV/Parquet table (reads the header only)."""
-    path = Path(path)
-    _require_file(path, "table")
-    fmt = table_format(path)
-    try:
-        if fmt == "parquet":
-            import pyarrow.parquet as pq
-
-            cols = list(pq.read_schema(path).names)
-        else:
-            with _open_text(path) as fh:
-                cols = next(csv.reader(fh, delimiter=_delimiter(path)), None)
-            if cols is None:
-                raise InputError("the file is empty (no header line)", file=path,
-                                 fix="write a header line with the column names")
-    except InputError:
-        raise
-    except Exception as e:  # noqa: BLE001 - unreadable / corrupt
-        raise InputError(f"cannot read the table ({type(e).__name__}: {e})", file=path,
-                         fix="check that the file is a valid CSV/TSV/Parquet table") from None
-    cols = [c.strip() for c in cols]
-    seen = set()
-    for c in cols:
-        if c in seen:
-            raise InputError("the column name appears twice in the header", file=path, column=c,
-                             fix="give every column a unique name")
-        seen.add(c)
-    return cols
-
-
-def _arrow_type(kind: str):
-    import pyarrow as pa
-
-    return {"str": pa.string(), "float": pa.float64()}[kind]
-
-
-def _locate_bad_number(path: Path, column: str) -> tuple[int, str]:
-    """Find the first value of ``column`` that is not a number: (1-based data row, value)."""
-    import pandas as pd
-
-    row0 = 0
-    for batch in iter_table_batches(path, {column: "str"}, batch_rows=65536):
-        s = pd.Series(batch.column(0).to_pylist(), dtype=object)
-        num = pd.to_numeric(s, errors="coerce")
-        bad = num.isna() & s.notna() & (s.astype(str).str.strip() != "")
-        if bad.any():
-            i = int(np.flatnonzero(bad.to_numpy())[0])
-            return row0 + i + 1, str(s.iloc[i])
-        row0 += len(s)
-    return 1, "?"
-
-
-def _arrow_conversion_error(e: Exception, path: Path, names: Sequence[str]) -> InputError:
-    """Turn a pyarrow CSV/Parquet conversion error into an InputError naming row + column."""
-    import re
-
-    msg = str(e)
-    m = re.search(r"column #(\d+)", msg)
-    col = None
-    if m:
-        # CSV column numbers count all columns of the file, 0-based
-        try:
-            col = table_columns(path)[int(m.group(1))]
-        except (IndexError, InputError):
-            col = None
-    if col is None:
-        for n in names:
-            if f"'{n}'" in msg or f" {n}:" in msg:
-                col = n
-                break
-    if col is not None:
-        row, val = _locate_bad_number(path, col)
-        return InputError(f"'{val}' is not a number", file=path, row=row, column=col,
-                          fix="this column must hold numbers only; fix or remove that value")
-    return InputError(f"cannot read the table: {msg}", file=path,
-                      fix="check that numeric columns hold numbers only")
-
-
-def _csv_options(path: Path, columns: dict[str, str], block_bytes: int, threads: bool = True):
-    import pyarrow.csv as pacsv
-
-    ro = pacsv.ReadOptions(block_size=block_bytes, use_threads=threads)
-    po = pacsv.ParseOptions(delimiter=_delimiter(path))
-    co = pacsv.ConvertOptions(include_columns=list(columns),
-                              column_types={c: _arrow_type(k) for c, k in columns.items()},
-                              strings_can_be_null=False, quoted_strings_can_be_null=False)
-    return ro, po, co
-
-
-def _input_stream(path: Path):
-    import pyarrow as pa
-
-    _, comp = _split_suffix(path)
-    return pa.input_stream(str(path), compression=comp)
-
-
-def _cast_parquet_batch(batch, path: Path, columns: dict[str, str]):
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    arrays = []
-    for name, kind in columns.items():
-        col = batch.column(name)
-        want = _arrow_type(kind)
-        if col.type != want:
-            if kind == "float" and not (pa.types.is_integer(col.type) or pa.types.is_floating(col.type)
-                                        or pa.types.is_boolean(col.type) or pa.types.is_null(col.type)):
-                row, val = _locate_bad_number(path, name)
-                raise InputError(f"'{val}' is not a number (column type {col.type})", file=path,
-                                 row=row, column=name, fix="this column must hold numbers only")
-            col = pc.cast(col, want)
-        arrays.append(col)
-    return pa.RecordBatch.from_arrays(arrays, names=list(columns))
-
-
-def read_table(path, columns: dict[str, str]):
-    """Read the named columns of a CSV/TSV/Parquet table as a ``pyarrow.Table``.
-
-    Parameters
-    ----------
-    path : path-like
-    columns : dict
-        column name -> ``"str"`` or ``"float"``. Strings stay strings (so ``"007"`` stays),
-        floats are float64 (empty fields become null/NaN). A value that is not a number raises
-        :class:`InputError` naming the 1-based data row and the column.
-    """
-    import pyarrow as pa
-
-    path = Path(path)
-    _require_file(path, "table")
-    fmt = table_format(path)
-    if not columns:
-        raise ValueError("read_table needs at least one column")
-    try:
-        if fmt == "parquet":
-            import pyarrow.parquet as pq
-
-            t = pq.read_table(path, columns=list(columns))
-            batches = [_cast_parquet_batch(b, path, columns) for b in t.to_batches()]
-            return pa.Table.from_batches(batches, schema=pa.schema(
-                [(c, _arrow_type(k)) for c, k in columns.items()]))
-        import pyarrow.csv as pacsv
-
-        # serial 1 MiB blocks: a little slower, but a bounded, predictable memory peak
-        ro, po, co = _csv_options(path, columns, CSV_STREAM_BLOCK_BYTES, threads=False)
-        with _input_stream(path) as stream:
-            return pacsv.read_csv(stream, read_options=ro, parse_options=po, convert_options=co)
-    except InputError:
-        raise
-    except pa.ArrowInvalid as e:
-        raise _arrow_conversion_error(e, path, list(columns)) from None
-    except (OSError, pa.ArrowException) as e:
-        raise InputError(f"cannot read the table ({e})", file=path,
-                         fix="check that the file is a valid CSV/TSV/Parquet table") from None
-
-
-def iter_table_batches(path, columns: dict[str, str], batch_rows: int = DEFAULT_CHUNK_ROWS
-                       ) -> Iterator:
-    """Stream the named columns of a table as ``pyarrow.RecordBatch`` es (columns in the given
-    order, types as in :func:`read_table`). CSV is parsed block by block, Parquet read batch by
-    batch, so memory stays bounded whatever the file size."""
-    import pyarrow as pa
-
-    path = Path(path)
-    _require_file(path, "table")
-    fmt = table_format(path)
-    names = list(columns)
-    try:
-        if fmt == "parquet":
-            import pyarrow.parquet as pq
-
-            pf = pq.ParquetFile(path)
-            for b in pf.iter_batches(batch_size=batch_rows, columns=names):
-                yield _cast_parquet_batch(b, path, columns)
-            return
-        import pyarrow.csv as pacsv
-
-        # serial parsing of 1 MiB blocks: pyarrow's threaded streaming reader reads ahead
-        # without bound on large files (peak memory would grow with the file)
-        ro, po, co = _csv_options(path, columns, CSV_STREAM_BLOCK_BYTES, threads=False)
-        with _input_stream(path) as stream:
-            reader = pacsv.open_csv(stream, read_options=ro, parse_options=po, convert_options=co)
-            for b in reader:
-                # reorder to the requested column order
-                yield pa.RecordBatch.from_arrays([b.column(n) for n in names], names=names)
-    except InputError:
-        raise
-    except pa.ArrowInvalid as e:
-        raise _arrow_conversion_error(e, path, names) from None
-    except (OSError, pa.ArrowException) as e:
-        raise InputError(f"cannot read the table ({e})", file=path,
-                         fix="check that the file is a valid CSV/TSV/Parquet table") from None
-
-
-def parse_gene_list(spec: str | Sequence[str] | None) -> list[str] | None:
-    """``"G1,G2"``, ``"@genes.txt"`` (one per line or comma-separated) or a list -> list."""
-    if spec is None:
-        return None
-    if not isinstance(spec, str):
-        return [str(g).strip() for g in spec if str(g).strip()]
-    if spec.startswith("@"):
-        p = Path(spec[1:])
-        _require_file(p, "gene list file")
-        text = p.read_text()
-    else:
-        text = spec
-    genes = [g.strip() for line in text.splitlines() for g in line.split(",") if g.strip()]
-    if not genes:
-        raise InputError("the gene list is empty", file=spec[1:] if spec.startswith("@") else None,
-                         fix="give gene names separated by commas or one per line")
-    return genes
-
 
 # --------------------------------------------------------------------------------------------
 # images
@@ -334,13 +82,21 @@ _PIL_MODES = {"1": (1, "bool"), "L": (1, "uint8"), "P": (1, "uint8"), "RGB": (3,
               "I;16L": (1, "uint16"), "I;16N": (1, "uint16")}
 
 
+TIFF_NAME_ENDINGS = (".tif", ".tiff", ".btf", ".tf8", ".tf2", ".svs")
+
+
 def check_image_size(path, *, what: str = "image") -> ImageHeader:
     """Read height, width, channels and sample dtype from an image's header.
 
-    PIL opens lazily (header only); TIFFs PIL cannot parse (BigTIFF, pyramidal OME-TIFF,
-    float/uint32) go through ``tifffile``, which also only reads the tags. A missing or
-    unreadable file raises :class:`InputError` naming it.
+    TIFFs (incl. BigTIFF, pyramidal OME-TIFF, float/uint32) go through ``tifffile``, which only
+    reads the tags and is also what reads them later (by region); their photometric tag must be
+    one tabst converts to RGB (RGB, grey, palette, CMYK; see :func:`tabst.image_files.tiff_colour`).
+    Other formats through PIL, which opens lazily (header only). Every header is checked
+    against the pixel limit (:func:`tabst.image_files.max_image_pixels`). A missing,
+    unreadable or oversized file raises :class:`InputError` naming it.
     """
+    from ..image_files import open_pil, tiff_header
+
     path = Path(path)
     if not path.exists():
         raise InputError(f"{what} file not found", file=path,
@@ -348,38 +104,23 @@ def check_image_size(path, *, what: str = "image") -> ImageHeader:
     if not path.is_file():
         raise InputError(f"{what} path is not a file", file=path, fix="give an image file")
     err = None
-    try:
-        from PIL import Image
-
-        old = Image.MAX_IMAGE_PIXELS
-        Image.MAX_IMAGE_PIXELS = None  # whole-slide images are fine: we never decode them here
+    if path.name.lower().endswith(TIFF_NAME_ENDINGS):
         try:
-            with Image.open(path) as im:
-                w, h = im.size
-                ch, dt = _PIL_MODES.get(im.mode, (len(im.getbands()), "uint8"))
-        finally:
-            Image.MAX_IMAGE_PIXELS = old
-        return ImageHeader(path, int(h), int(w), int(ch), dt)
-    except Exception as e:  # noqa: BLE001 - fall back to tifffile
-        err = e
-    if path.suffix.lower() in (".tif", ".tiff"):
-        try:
-            import tifffile
-
-            with tifffile.TiffFile(path) as tf:
-                s = tf.series[0] if tf.series else tf.pages[0]
-                shape, axes = tuple(s.shape), getattr(s, "axes", "")
-                dt = str(s.dtype)
-            if "Y" in axes and "X" in axes:
-                h, w = shape[axes.index("Y")], shape[axes.index("X")]
-                ch = shape[axes.index("S")] if "S" in axes else (
-                    shape[axes.index("C")] if "C" in axes else 1)
-            else:
-                h, w = shape[0], shape[1]
-                ch = shape[2] if len(shape) > 2 else 1
-            return ImageHeader(path, int(h), int(w), int(ch), dt)
-        except Exception as e:  # noqa: BLE001
+            t = tiff_header(path, what=what)
+            return ImageHeader(path, t["height"], t["width"], t["channels"], t["dtype"])
+        except InputError:
+            raise
+        except Exception as e:  # noqa: BLE001 - not a TIFF tifffile can parse: try PIL
             err = e
+    try:
+        with open_pil(path, what=what) as im:
+            w, h = im.size
+            ch, dt = _PIL_MODES.get(im.mode, (len(im.getbands()), "uint8"))
+        return ImageHeader(path, int(h), int(w), int(ch), dt)
+    except InputError:
+        raise
+    except Exception as e:  # noqa: BLE001
+        err = err or e
     raise InputError(f"cannot read the {what} ({type(err).__name__}: {err})", file=path,
                      fix="check that the file is a valid PNG/TIFF/JPEG image and not truncated")
 
@@ -473,6 +214,8 @@ def write_image_group(f, sample: str, *, store_dir, kind: str, path, mask_path=N
                       description: str | None = None, **extra):
     """Write ``/images/<sample>`` with the conventional attrs.
 
+    ``sample`` must pass :func:`~tabst.ingest.checks.check_sample_name` (no ``/``, ``..``).
+
     ``path`` / ``mask_path`` are made relative to ``store_dir`` (the folder of the final store)
     so the folder can move; ``mask_path`` is ``""`` when there is no mask.
     """
@@ -481,7 +224,7 @@ def write_image_group(f, sample: str, *, store_dir, kind: str, path, mask_path=N
     g = f.require_group("images")
     g.attrs["description"] = ("one group per sample: where its H&E image and nucleus mask are "
                               "(paths relative to the store's folder)")
-    gs = g.require_group(sample)
+    gs = g.require_group(check_sample_name(sample))
     attrs = {"kind": kind, "path": relpath_from(path, store_dir),
              "mask_path": relpath_from(mask_path, store_dir) if mask_path else "",
              "height": int(height), "width": int(width), "channels": int(channels),
@@ -491,326 +234,6 @@ def write_image_group(f, sample: str, *, store_dir, kind: str, path, mask_path=N
     for k, v in attrs.items():
         set_attr(gs, k, v)
     return gs
-
-
-# --------------------------------------------------------------------------------------------
-# expression readers
-# --------------------------------------------------------------------------------------------
-class ExpressionReader:
-    """A cells x genes expression file read in row chunks.
-
-    Attributes
-    ----------
-    path : Path
-    id_column : str
-        where the cell ids come from (for messages).
-    genes : list of str
-        all gene names of the file, in file order.
-
-    ``iter_chunks(genes, chunk_rows)`` yields ``(ids, values, first_row)``: ``ids`` a pyarrow
-    string array of cell ids, ``values`` float32 [k, len(genes)] in the order of ``genes``,
-    ``first_row`` the 1-based data row of the chunk's first row in the file.
-    """
-
-    path: Path
-    id_column: str
-    genes: list
-    row_label = "row"  # how rows of this file are called in messages
-
-    def iter_chunks(self, genes: Sequence[str], chunk_rows: int = DEFAULT_CHUNK_ROWS):
-        raise NotImplementedError
-
-
-class TableExpression(ExpressionReader):
-    """CSV/TSV/Parquet: one id column, one numeric column per gene."""
-
-    def __init__(self, path, id_column: str | None = None, gene_columns: Sequence[str] | None = None,
-                 id_candidates: Sequence[str] = ("cell_id",)):
-        self.path = Path(path)
-        cols = table_columns(self.path)
-        if id_column is None:
-            id_column = next((c for c in id_candidates if c in cols), cols[0])
-        elif id_column not in cols:
-            raise InputError("cell id column not found in the expression file", file=self.path,
-                             column=id_column,
-                             fix=f"pass the right id column (columns: {_preview(cols)})")
-        self.id_column = id_column
-        if gene_columns is None:
-            gene_columns = [c for c in cols if c != id_column]
-        self.genes = list(gene_columns)
-        if not self.genes:
-            raise InputError("no gene columns", file=self.path,
-                             fix="the file needs a cell id column and one column per gene")
-
-    def iter_chunks(self, genes, chunk_rows=DEFAULT_CHUNK_ROWS):
-        import pyarrow as pa
-
-        cols = {self.id_column: "str", **{g: "float" for g in genes}}
-        if self.id_column in genes:
-            raise InputError("the cell id column is also listed as a gene", file=self.path,
-                             column=self.id_column, fix="remove it from the gene list")
-        row = 1
-        pending, n_pending = [], 0
-        for b in iter_table_batches(self.path, cols, batch_rows=chunk_rows):
-            pending.append(b)
-            n_pending += b.num_rows
-            if n_pending < chunk_rows:
-                continue
-            t = pa.Table.from_batches(pending).combine_chunks()
-            start = 0
-            while t.num_rows - start >= chunk_rows:
-                yield self._emit(t.slice(start, chunk_rows), row)
-                row += chunk_rows
-                start += chunk_rows
-            rest = t.slice(start)
-            pending, n_pending = rest.to_batches(), rest.num_rows
-        if n_pending:
-            yield self._emit(pa.Table.from_batches(pending).combine_chunks(), row)
-
-    @staticmethod
-    def _emit(t, row):
-        ids = t.column(0).combine_chunks()
-        k, G = t.num_rows, t.num_columns - 1
-        vals = np.empty((k, G), dtype=np.float32)
-        for j in range(G):
-            vals[:, j] = t.column(j + 1).to_numpy()
-        return ids, vals, row
-
-
-class H5MatrixExpression(ExpressionReader):
-    """HDF5 matrix layout: datasets ``X`` [cells, genes] (numeric), ``cell_id`` [cells] and
-    ``genes`` [genes] (strings or integers) at the file's root."""
-
-    def __init__(self, path, id_column: str | None = None):
-        import h5py
-
-        self.path = Path(path)
-        self.id_column = id_column or "cell_id"
-        try:
-            with h5py.File(self.path, "r") as f:
-                for k in ("X", self.id_column, "genes"):
-                    if k not in f or not isinstance(f[k], h5py.Dataset):
-                        raise InputError(
-                            f"no dataset '/{k}'", file=self.path,
-                            fix="an HDF5 expression matrix needs datasets X [cells, genes], "
-                                "cell_id [cells] and genes [genes] at its root (or use .h5ad)")
-                X, ids, genes = f["X"], f[self.id_column], f["genes"]
-                if X.ndim != 2 or X.shape != (ids.shape[0], genes.shape[0]):
-                    raise InputError(
-                        f"X has shape {X.shape} but there are {ids.shape[0]} cell ids and "
-                        f"{genes.shape[0]} genes", file=self.path, column="X",
-                        fix="X must be cells x genes, matching cell_id and genes")
-                if X.dtype.kind not in "fiub":
-                    raise InputError(f"X is not numeric ({X.dtype})", file=self.path, column="X",
-                                     fix="store numbers in X")
-                self.genes = _h5_strings(genes[()])
-                self.n = int(X.shape[0])
-        except InputError:
-            raise
-        except OSError as e:
-            raise InputError(f"not a readable HDF5 file ({e})", file=self.path,
-                             fix="check the file") from None
-
-    def iter_chunks(self, genes, chunk_rows=DEFAULT_CHUNK_ROWS):
-        import h5py
-        import pyarrow as pa
-
-        cols = _gene_index(self.genes, genes)
-        with h5py.File(self.path, "r") as f:
-            X, ids = f["X"], f[self.id_column]
-            for a in range(0, self.n, chunk_rows):
-                b = min(self.n, a + chunk_rows)
-                block = X[a:b]
-                yield (pa.array(_h5_strings(ids[a:b]), type=pa.string()),
-                       np.ascontiguousarray(block[:, cols], dtype=np.float32), a + 1)
-
-
-class H5adExpression(ExpressionReader):
-    """AnnData ``.h5ad`` read with h5py: dense or CSR ``X`` (or a layer) in row slices; cell ids
-    from the obs index (or an obs column); genes from the var index. CSC matrices are read via
-    anndata's backed mode."""
-
-    row_label = "obs row"
-
-    def __init__(self, path, id_column: str | None = None, layer: str | None = None):
-        import h5py
-
-        self.path = Path(path)
-        self.layer = layer
-        try:
-            with h5py.File(self.path, "r") as f:
-                if "obs" not in f or "var" not in f or ("X" not in f and layer is None):
-                    raise InputError("not an AnnData file (no obs/var/X)", file=self.path,
-                                     fix="write it with anndata's write_h5ad")
-                obs, var = f["obs"], f["var"]
-                if not isinstance(obs, h5py.Group):
-                    raise InputError("AnnData file in the pre-0.7 format", file=self.path,
-                                     fix="re-save it with a current anndata (read_h5ad + write_h5ad)")
-                self.index_name = _attr_str(obs, "_index", "_index")
-                self.id_column = id_column or self.index_name
-                if self.id_column not in obs:
-                    raise InputError("obs has no such column", file=self.path,
-                                     column=self.id_column,
-                                     fix=f"obs columns: {_preview(list(obs.keys()))}")
-                vname = _attr_str(var, "_index", "_index")
-                self.genes = _h5_strings(var[vname][()])
-                xpath = "X" if layer is None else f"layers/{layer}"
-                if xpath not in f:
-                    raise InputError(f"no layer '{layer}'", file=self.path,
-                                     fix=f"layers: {_preview(list(f.get('layers', {}).keys()))}")
-                self.xpath = xpath
-                X = f[xpath]
-                if isinstance(X, h5py.Dataset):
-                    self.fmt = "dense"
-                    self.n = int(X.shape[0])
-                else:
-                    self.fmt = _attr_str(X, "encoding-type", "")
-                    if self.fmt not in ("csr_matrix", "csc_matrix"):
-                        raise InputError(f"unsupported X encoding '{self.fmt}'", file=self.path,
-                                         fix="store X dense or as a CSR/CSC sparse matrix")
-                    self.n = int(X.attrs["shape"][0])
-                nobs = obs[self.id_column].shape[0] if isinstance(obs[self.id_column], h5py.Dataset) \
-                    else None
-                if nobs is not None and nobs != self.n:
-                    raise InputError(f"obs has {nobs} rows but X has {self.n}", file=self.path,
-                                     fix="the file is inconsistent; re-save it with anndata")
-        except InputError:
-            raise
-        except OSError as e:
-            raise InputError(f"not a readable .h5ad file ({e})", file=self.path,
-                             fix="check the file") from None
-
-    def _ids(self, obs, a, b):
-        import h5py
-
-        node = obs[self.id_column]
-        if isinstance(node, h5py.Group):  # categorical obs column
-            codes = node["codes"][a:b]
-            cats = np.asarray(_h5_strings(node["categories"][()]), dtype=object)
-            return [cats[c] if c >= 0 else "" for c in codes]
-        return _h5_strings(node[a:b])
-
-    def iter_chunks(self, genes, chunk_rows=DEFAULT_CHUNK_ROWS):
-        import h5py
-        import pyarrow as pa
-
-        cols = _gene_index(self.genes, genes)
-        if self.fmt == "csc_matrix":
-            import anndata as ad
-
-            adata = ad.read_h5ad(self.path, backed="r")
-            try:
-                obs_names = adata.obs_names if self.id_column == self.index_name \
-                    else adata.obs[self.id_column].astype(str)
-                X = adata.X if self.layer is None else adata.layers[self.layer]
-                for a in range(0, self.n, chunk_rows):
-                    b = min(self.n, a + chunk_rows)
-                    block = X[a:b]
-                    block = block.toarray() if hasattr(block, "toarray") else np.asarray(block)
-                    yield (pa.array([str(v) for v in obs_names[a:b]], type=pa.string()),
-                           np.ascontiguousarray(block[:, cols], dtype=np.float32), a + 1)
-            finally:
-                adata.file.close()
-            return
-        with h5py.File(self.path, "r") as f:
-            X, obs = f[self.xpath], f["obs"]
-            if self.fmt == "csr_matrix":
-                import scipy.sparse as sp
-
-                indptr = X["indptr"][()]
-                ncol = int(X.attrs["shape"][1])
-            for a in range(0, self.n, chunk_rows):
-                b = min(self.n, a + chunk_rows)
-                if self.fmt == "dense":
-                    block = X[a:b][:, cols]
-                else:
-                    lo, hi = int(indptr[a]), int(indptr[b])
-                    m = sp.csr_matrix((X["data"][lo:hi], X["indices"][lo:hi], indptr[a:b + 1] - lo),
-                                      shape=(b - a, ncol))
-                    block = m[:, cols].toarray()
-                yield (pa.array(self._ids(obs, a, b), type=pa.string()),
-                       np.ascontiguousarray(block, dtype=np.float32), a + 1)
-
-
-def _attr_str(obj, key, default):
-    v = obj.attrs.get(key, default)
-    return v.decode() if isinstance(v, bytes) else str(v)
-
-
-def _h5_strings(arr) -> list[str]:
-    return [v.decode() if isinstance(v, bytes) else str(v) for v in np.atleast_1d(arr).tolist()]
-
-
-def _preview(items: Sequence[str], n: int = 12) -> str:
-    items = list(items)
-    s = ", ".join(map(str, items[:n]))
-    return s + (f", ... ({len(items)} in all)" if len(items) > n else "")
-
-
-def _gene_index(all_genes: Sequence[str], genes: Sequence[str]) -> np.ndarray:
-    pos = {g: i for i, g in enumerate(all_genes)}
-    return np.asarray([pos[g] for g in genes], dtype=np.int64)
-
-
-def open_expression(path, *, id_column: str | None = None, layer: str | None = None,
-                    id_candidates: Sequence[str] = ("cell_id",)) -> ExpressionReader:
-    """Open a separate cells x genes expression file by its suffix.
-
-    ``.csv/.tsv/.tab/.txt[.gz|.bz2]`` and ``.parquet``: an id column (``id_column``, else the
-    first of ``id_candidates`` present, else the first column) plus one numeric column per gene.
-    ``.h5ad``: AnnData (obs index = cell id unless ``id_column`` names an obs column; ``layer``
-    picks ``layers/<name>`` instead of X). ``.h5/.hdf5``: datasets ``X``, ``cell_id``, ``genes``.
-    """
-    path = Path(path)
-    _require_file(path, "expression file")
-    sfx = path.suffix.lower()
-    if sfx == ".h5ad":
-        return H5adExpression(path, id_column=id_column, layer=layer)
-    if sfx in (".h5", ".hdf5", ".he5"):
-        return H5MatrixExpression(path, id_column=id_column)
-    table_format(path)  # raises for unknown suffixes
-    return TableExpression(path, id_column=id_column, id_candidates=id_candidates)
-
-
-def select_genes(readers: Sequence[ExpressionReader], genes: Sequence[str] | None = None,
-                 prefix: str | None = None) -> list[str]:
-    """The gene list to ingest: every reader must have the same genes (any order); ``genes``
-    picks some of them (in that order), ``prefix`` keeps the ones starting with it."""
-    first = readers[0]
-    base = set(first.genes)
-    for r in readers[1:]:
-        other = set(r.genes)
-        if other != base:
-            missing = [g for g in first.genes if g not in other]
-            extra = [g for g in r.genes if g not in base]
-            raise InputError(
-                "its gene list differs from that of " + str(first.path)
-                + (f"; missing: {_preview(missing, 8)}" if missing else "")
-                + (f"; extra: {_preview(extra, 8)}" if extra else ""),
-                file=r.path, fix="give every sample's expression file the same genes")
-    out = list(first.genes)
-    if prefix:
-        out = [g for g in out if g.startswith(prefix)]
-        if not out:
-            raise InputError(f"no column starts with the gene prefix '{prefix}'", file=first.path,
-                             fix=f"columns: {_preview(first.genes)}")
-    if genes is not None:
-        missing = [g for g in genes if g not in base]
-        if missing:
-            raise InputError("gene not found", file=first.path, column=missing[0],
-                             fix=f"{len(missing)} listed gene(s) are missing: {_preview(missing, 8)}")
-        if len(set(genes)) != len(genes):
-            dup = next(g for g in genes if list(genes).count(g) > 1)
-            raise InputError("gene listed twice", column=dup, fix="list each gene once")
-        out = list(genes)
-    seen = set()
-    for g in out:
-        if g in seen:
-            raise InputError("gene name appears twice", file=first.path, column=g,
-                             fix="give every gene a unique name")
-        seen.add(g)
-    return out
-
 
 # --------------------------------------------------------------------------------------------
 # cell id index
@@ -964,24 +387,6 @@ def release_arrow_memory() -> None:
         pass
 
 
-def check_values(values: np.ndarray, *, file, first_row: int, genes: Sequence[str],
-                 allow_negative: bool = False) -> None:
-    """Raise InputError at the first NaN/inf (or negative) value of a chunk."""
-    finite = np.isfinite(values)
-    if not finite.all():
-        i, j = np.argwhere(~finite)[0]
-        v = values[i, j]
-        what = "missing or NaN" if np.isnan(v) else "infinite (or too large for float32)"
-        raise InputError(f"expression value is {what}", file=file, row=int(first_row + i),
-                         column=genes[j], fix="every cell needs a finite value for every gene")
-    if not allow_negative and values.size and values.min() < 0:
-        i, j = np.argwhere(values < 0)[0]
-        raise InputError(f"negative expression value {values[i, j]:g}", file=file,
-                         row=int(first_row + i), column=genes[j],
-                         fix="give counts or log-normalised values (>= 0), or pass "
-                             "--allow-negative if the values are centred/scaled on purpose")
-
-
 def write_expression_streaming(f, readers: Sequence[ExpressionReader], cell_ids=None, *,
                                genes: Sequence[str], transform: str = "as given",
                                labels_file=None, cell_id_column: str = "cell_id",
@@ -1061,8 +466,9 @@ def write_expression_streaming(f, readers: Sequence[ExpressionReader], cell_ids=
                         f"cell id '{ids[i].as_py()}' appears a second time (first at {prev})",
                         file=r.path, row=row0 + i, column=r.id_column,
                         fix="give each cell exactly one expression row")
-                check_values(vals, file=r.path, first_row=row0, genes=genes,
-                             allow_negative=allow_negative)
+                check_expression_block(vals, file=r.path, row_offset=row0 - 1, genes=genes,
+                                       allow_negative=allow_negative, what="expression value",
+                                       row_ids=ids)
                 writer.write(pos, vals)
                 filled[pos] = True
                 src_file[pos] = ri

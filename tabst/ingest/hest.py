@@ -25,6 +25,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from ..errors import InputError
+from .checks import check_coordinates, check_expression_block, check_sample_name, json_number
 from .spots import SpotSection
 
 HEST_PATCH_PIXEL_SIZE_UM = 0.5  # HEST-1k patches: 224 px at 0.5 um/px
@@ -70,6 +71,38 @@ def read_patch_index(path) -> dict:
                 "attrs": attrs}
 
 
+def _spot_positions(raw, n_obs: int, path: Path) -> np.ndarray:
+    """``obsm['spatial']`` as float64 [n, 2] (x, y), or an InputError saying what is wrong."""
+    try:
+        a = np.asarray(raw.to_numpy() if hasattr(raw, "to_numpy") else raw, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise InputError("obsm['spatial'] holds values that are not numbers", file=path,
+                         fix="obsm['spatial'] must be a numeric [spots, 2] array of (x, y) "
+                             "pixel coordinates") from None
+    if a.ndim != 2 or a.shape[0] != n_obs or a.shape[1] < 2:
+        raise InputError(f"obsm['spatial'] has shape {a.shape}; expected [{n_obs}, 2] (x, y per "
+                         "spot)", file=path,
+                         fix="obsm['spatial'] must hold one (x, y) pair of WSI pixel "
+                             "coordinates per spot")
+    return a
+
+
+def _attr_pixel_size(ps, path: Path, key: str) -> float:
+    """The patches' ``pixel_size`` attr (um/px) or HEST's 0.5 when absent."""
+    if ps is None:
+        return HEST_PATCH_PIXEL_SIZE_UM
+    try:
+        v = float(ps.decode() if isinstance(ps, bytes) else ps)
+    except (TypeError, ValueError):
+        v = float("nan")
+    if isinstance(ps, (bool, np.bool_)) or not np.isfinite(v) or v <= 0:
+        raise InputError(f"the patches' pixel size attr is {ps!r}, not a positive number",
+                         file=path, column=f"{key}.attrs['pixel_size']",
+                         fix="write the patches' pixel size in um/px as a number (HEST: 0.5), "
+                             "or remove the attr")
+    return v
+
+
 def read_hest_sample(st_h5ad, patches_h5, sample: str | None = None, *, metadata=None,
                      wsi=None, tissue: str | None = None) -> SpotSection:
     """Read one HEST-1k sample into a :class:`SpotSection` (rows = spots with a patch).
@@ -86,7 +119,7 @@ def read_hest_sample(st_h5ad, patches_h5, sample: str | None = None, *, metadata
     import anndata
 
     st_h5ad, patches_h5 = Path(st_h5ad), Path(patches_h5)
-    sample = sample or st_h5ad.name.removesuffix(".h5ad")
+    sample = check_sample_name(sample or st_h5ad.name.removesuffix(".h5ad"), file=st_h5ad)
     if not st_h5ad.is_file():
         raise InputError("HEST expression file not found", file=st_h5ad)
     try:
@@ -97,17 +130,23 @@ def read_hest_sample(st_h5ad, patches_h5, sample: str | None = None, *, metadata
     if "spatial" not in ad.obsm:
         raise InputError("no obsm['spatial'] (spot positions)", file=st_h5ad,
                          fix="give HEST-1k's st/<id>.h5ad")
-    spatial = np.asarray(ad.obsm["spatial"], dtype=np.float64)
     obs = np.asarray([str(b) for b in ad.obs_names], dtype=object)
+    spatial = _spot_positions(ad.obsm["spatial"], len(obs), st_h5ad)
     if len(set(obs.tolist())) != len(obs):
         raise InputError("barcodes (obs_names) are not unique", file=st_h5ad)
+    check_coordinates(spatial[:, 0], spatial[:, 1], file=st_h5ad, row_offset=0,
+                      columns=("obsm['spatial'][:, 0]", "obsm['spatial'][:, 1]"), row_ids=obs,
+                      what="spot centre", id_label="barcode")
     X = ad.X
-    M = sp.csr_matrix(X) if not sp.issparse(X) else X.tocsr()
-    if M.nnz and M.data.min() < 0:
-        raise InputError("negative values in X: expected raw counts", file=st_h5ad,
+    if X is None or not (sp.issparse(X) or np.issubdtype(np.asarray(X).dtype, np.number)):
+        raise InputError("X holds no numeric counts", file=st_h5ad,
                          fix="HEST's st/*.h5ad hold raw counts in X")
-    non_integer = bool(M.nnz and not np.allclose(M.data, np.round(M.data)))
+    M = sp.csr_matrix(X) if not sp.issparse(X) else X.tocsr()
     genes = [str(g) for g in ad.var_names]
+    check_expression_block(M, file=st_h5ad, row_offset=0, genes=genes, row_ids=obs,
+                           what="count", id_label="barcode",
+                           negative_fix="HEST's st/*.h5ad hold raw counts in X (>= 0)")
+    non_integer = bool(M.nnz and not np.allclose(M.data, np.round(M.data)))
     if len(set(genes)) != len(genes):
         from .spots import make_unique
 
@@ -128,17 +167,19 @@ def read_hest_sample(st_h5ad, patches_h5, sample: str | None = None, *, metadata
     if metadata is not None and Path(metadata).is_file():
         meta_path = Path(metadata)
         try:
-            meta = json.loads(meta_path.read_text())
-        except json.JSONDecodeError as e:
-            raise InputError(f"not valid JSON ({e})", file=meta_path) from None
-    ps = pinfo["attrs"].get("pixel_size")  # written by some HEST versions; else HEST's 0.5
-    patch_px_um = (float(ps) if isinstance(ps, (int, float, np.number)) and float(ps) > 0
-                   else HEST_PATCH_PIXEL_SIZE_UM)
-    spot_um = meta.get("spot_diameter")
-    try:
-        spot_um = float(spot_um) if spot_um is not None else float("nan")
-    except (TypeError, ValueError):
-        spot_um = float("nan")
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise InputError(f"not valid JSON ({e})", file=meta_path,
+                             fix="give HEST-1k's metadata/<id>.json (UTF-8 JSON)") from None
+        if not isinstance(meta, dict):
+            raise InputError("the metadata is not a JSON object", file=meta_path,
+                             fix='give HEST-1k\'s metadata/<id>.json ({"pixel_size_um_estimated": '
+                                 '..., ...})')
+    # written by some HEST versions; else HEST's 0.5
+    patch_px_um = _attr_pixel_size(pinfo["attrs"].get("pixel_size"), patches_h5, pinfo["img_key"])
+    spot_um = json_number(meta, "spot_diameter", file=meta_path, required=False)
+    spot_um = float("nan") if spot_um is None else spot_um
+    wsi_px_um = json_number(meta, "pixel_size_um_estimated", file=meta_path, required=False)
     if tissue is None:
         tissue = str(meta.get("organ") or meta.get("tissue") or "unknown")
     n, ph, pw, pc = pinfo["shape"]
@@ -164,7 +205,7 @@ def read_hest_sample(st_h5ad, patches_h5, sample: str | None = None, *, metadata
         "coordinates": ("/cells/x, y are spot centres in the WSI's pixels (HEST obsm['spatial']); "
                         "height/width/pixel_size_um/spot_diameter_px describe the stored patches"),
         "wsi_path": str(Path(wsi).resolve()) if wsi is not None and Path(wsi).is_file() else "",
-        "wsi_pixel_size_um": float(meta.get("pixel_size_um_estimated", float("nan")) or "nan"),
+        "wsi_pixel_size_um": float("nan") if wsi_px_um is None else wsi_px_um,
         "platform": "HEST-1k",
         "description": f"HEST-1k patches of sample {sample} ({n} patches of {ph}x{pw} px at "
                        f"{patch_px_um:g} um/px, one per spot, matched by barcode)",
@@ -206,6 +247,7 @@ def hest_sample_files(hest_dir, ids: Sequence[str] | None = None) -> list[dict]:
                                                 "HEST-1k samples you want")
     out = []
     for i in ids:
+        check_sample_name(i, what="HEST id")
         rec = {"id": i, "st": hest_dir / "st" / f"{i}.h5ad",
                "patches": hest_dir / "patches" / f"{i}.h5",
                "metadata": hest_dir / "metadata" / f"{i}.json",

@@ -31,6 +31,7 @@ import scipy.sparse as sp
 from ..errors import InputError, TabstError
 from ..store import build_provenance, create_store, put, set_attr
 from ..util import progress, relpath_from
+from .checks import check_coordinates, check_expression_block, check_sample_name
 
 NORMALIZE_CHOICES = ("log1p-cpt", "log1p", "none")
 HVG_NOTE = ("Top-k highly variable genes are not selected at ingest (that would leak test "
@@ -87,6 +88,7 @@ class SpotSection:
     report: dict = field(default_factory=dict)
 
     def __post_init__(self):
+        self.sample = check_sample_name(self.sample)
         self.spot_ids = np.asarray([str(s) for s in self.spot_ids], dtype=object)
         self.x = np.asarray(self.x, dtype=np.float64)
         self.y = np.asarray(self.y, dtype=np.float64)
@@ -98,9 +100,21 @@ class SpotSection:
         if self.counts.shape[1] != len(self.genes):
             raise ValueError(f"section {self.sample}: counts has {self.counts.shape[1]} columns "
                              f"but {len(self.genes)} gene names")
+        # the readers check their files with row numbers; this guard catches any reader that
+        # did not, so no NaN/inf/negative count or NaN centre reaches a store (all-zero rows)
+        src = self.inputs[0] if self.inputs else None
+        check_expression_block(self.counts, file=src, row_offset=None, genes=self.genes,
+                               row_ids=self.spot_ids, what="count", id_label="spot")
+        check_coordinates(self.x, self.y, file=src, row_offset=None, row_ids=self.spot_ids,
+                          what="spot centre", id_label="spot")
         if self.totals is None:
             self.totals = np.asarray(self.counts.sum(axis=1), dtype=np.float64).ravel()
         self.totals = np.asarray(self.totals, dtype=np.float64)
+        if not np.isfinite(self.totals).all():
+            i = int(np.flatnonzero(~np.isfinite(self.totals))[0])
+            raise InputError(f"section {self.sample}: the library size of spot "
+                             f"'{self.spot_ids[i]}' is not finite", file=src,
+                             fix="counts must be finite numbers")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -272,36 +286,12 @@ def chunk_rows_for(n_genes: int, budget_bytes: int = 64 << 20) -> int:
 
 
 def image_shape(path) -> tuple[int, int, int]:
-    """(height, width, channels) of an image file without decoding its pixels."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError("image file not found", file=path)
-    suffix = path.name.lower()
-    if suffix.endswith((".tif", ".tiff", ".btf", ".svs", ".ome.tif")):
-        import tifffile
+    """(height, width, channels) of an image file without decoding its pixels (see
+    :func:`tabst.ingest.common.check_image_size`: pixel limit, TIFF colour space)."""
+    from .common import check_image_size
 
-        try:
-            with tifffile.TiffFile(path) as t:
-                s = t.series[0]
-                shape, axes = s.shape, s.axes
-        except Exception as e:  # noqa: BLE001
-            raise InputError(f"not a readable TIFF ({e})", file=path) from None
-        dims = dict(zip(axes, shape))
-        h, w = dims.get("Y"), dims.get("X")
-        c = dims.get("S", dims.get("C", 1))
-        if h is None or w is None:
-            raise InputError(f"TIFF axes {axes} have no Y/X", file=path)
-        return int(h), int(w), int(c)
-    from PIL import Image
-
-    Image.MAX_IMAGE_PIXELS = None
-    try:
-        with Image.open(path) as im:
-            w, h = im.size
-            c = len(im.getbands())
-    except Exception as e:  # noqa: BLE001
-        raise InputError(f"not a readable image ({e})", file=path) from None
-    return int(h), int(w), int(c)
+    h = check_image_size(path, what="image")
+    return h.height, h.width, h.channels
 
 
 def check_inside(sec_name: str, x, y, height: int, width: int, file, what: str, fix: str) -> None:

@@ -20,6 +20,7 @@ is 100 um on the staggered 2k array (neighbours at (+-1, +-1)) and 200 um on the
 """
 from __future__ import annotations
 
+import csv
 import re
 from pathlib import Path
 from typing import Sequence
@@ -29,6 +30,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from ..errors import InputError
+from .checks import check_coordinates, check_expression_block, check_sample_name
 from .spots import SpotSection, check_inside, image_shape
 
 ALIGNMENT_COLUMNS = ("x", "y", "pixel_x", "pixel_y", "selected")
@@ -52,15 +54,43 @@ def _parse_ids(ids) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return np.asarray(xs), np.asarray(ys), np.asarray(ok)
 
 
+def _read_tsv(path: Path, what: str, **kw) -> pd.DataFrame:
+    """pandas.read_csv with InputErrors for empty, non-UTF-8 or unparsable files."""
+    from .tabular import not_utf8_error
+
+    try:
+        return pd.read_csv(path, **kw)
+    except pd.errors.EmptyDataError:
+        raise InputError(f"the {what} is empty", file=path,
+                         fix="give the file with its header line and one row per spot") from None
+    except UnicodeDecodeError:
+        raise not_utf8_error(path, delimiter=kw.get("sep") or "\t") from None
+    except (pd.errors.ParserError, ValueError, csv.Error) as e:
+        raise InputError(f"cannot read the {what} ({type(e).__name__}: {e})", file=path,
+                         fix="give a tab-separated table") from None
+
+
+def _raw_field(path: Path, row: int, col: int) -> str | None:
+    """Field ``col`` (0-based, after the id column) of data row ``row`` (1-based), as text."""
+    from .tabular import open_binary
+
+    try:
+        with open_binary(path) as fh:
+            for k, line in enumerate(fh):
+                if k == row:
+                    fields = line.decode("utf-8", "replace").rstrip("\r\n").split("\t")
+                    return fields[col + 1].strip() if col + 1 < len(fields) else None
+    except OSError:
+        return None
+    return None
+
+
 def read_st_counts(path) -> tuple[np.ndarray, list[str], sp.csr_matrix, str]:
     """Read an ST count table; returns (spot_ids, genes, counts csr [spots, genes], orientation)."""
     path = Path(path)
     if not path.is_file():
         raise InputError("count table not found", file=path)
-    try:
-        head = pd.read_csv(path, sep="\t", nrows=3, index_col=0)
-    except Exception as e:  # noqa: BLE001
-        raise InputError(f"cannot read as a tab-separated table ({e})", file=path) from None
+    head = _read_tsv(path, "count table", sep="\t", nrows=3, index_col=0)
     idx_ok = _parse_ids(head.index)[2].mean() if len(head.index) else 0.0
     col_ok = _parse_ids(head.columns)[2].mean() if len(head.columns) else 0.0
     if idx_ok < 0.5 and col_ok < 0.5:
@@ -69,7 +99,7 @@ def read_st_counts(path) -> tuple[np.ndarray, list[str], sp.csr_matrix, str]:
                          fix="give the ST count table whose rows (or columns) are named by array "
                              "coordinates 'XxY'")
     orientation = "spots x genes" if idx_ok >= col_ok else "genes x spots (transposed)"
-    df = pd.read_csv(path, sep="\t", index_col=0)
+    df = _read_tsv(path, "count table", sep="\t", index_col=0)
     if orientation != "spots x genes":
         df = df.T
     spot_ids = np.asarray([str(s).strip() for s in df.index], dtype=object)
@@ -87,16 +117,21 @@ def read_st_counts(path) -> tuple[np.ndarray, list[str], sp.csr_matrix, str]:
         row, col = where(r, c)
         raise InputError(f"non-numeric count '{vals[r, c]}'", file=path, row=row, column=col,
                          fix="the count table must hold numbers only (after the id column)")
+    vals = vals.astype(np.float64, copy=False)
     if np.isnan(vals).any():
         r, c = np.argwhere(np.isnan(vals))[0]
         row, col = where(r, c)
-        raise InputError("missing count", file=path, row=row, column=col,
-                         fix="fill missing counts with 0")
-    if (vals < 0).any():
-        r, c = np.argwhere(vals < 0)[0]
-        row, col = where(r, c)
-        raise InputError(f"negative count {vals[r, c]}", file=path, row=row, column=col,
-                         fix="give raw (non-negative) counts")
+        tok = _raw_field(path, row, r if transposed else c)
+        shown = f"'{tok}'" if tok else "(an empty field)"
+        raise InputError(f"missing count {shown}", file=path, row=row, column=col,
+                         fix=f"write 0 where a gene was not detected in a spot (replace every "
+                             f"{shown} by 0), e.g. with pandas: pd.read_csv(f, sep='\\t', "
+                             "index_col=0).fillna(0).to_csv(f2, sep='\\t')")
+    # inf / negative, reported where they are in the file (a genes x spots file as is)
+    check_expression_block(vals.T if transposed else vals, file=path, row_offset=0,
+                           genes=list(spot_ids) if transposed else genes,
+                           row_ids=genes if transposed else spot_ids,
+                           id_label="gene" if transposed else "spot", what="count")
     return spot_ids, genes, sp.csr_matrix(vals.astype(np.float32)), orientation
 
 
@@ -106,10 +141,7 @@ def read_alignment(path) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
         raise InputError("alignment table not found", file=path)
-    try:
-        a = pd.read_csv(path, sep=None, engine="python")
-    except Exception as e:  # noqa: BLE001
-        raise InputError(f"cannot read the alignment table ({e})", file=path) from None
+    a = _read_tsv(path, "alignment table", sep=None, engine="python")
     a.columns = [str(c).strip() for c in a.columns]
     missing = [c for c in ALIGNMENT_COLUMNS if c not in a.columns]
     if missing:
@@ -118,10 +150,19 @@ def read_alignment(path) -> pd.DataFrame:
                          fix="the ST alignment table needs columns x y pixel_x pixel_y selected")
     for col in ALIGNMENT_COLUMNS:
         v = pd.to_numeric(a[col], errors="coerce")
-        if v.isna().any():
+        text = v.isna() & a[col].notna()
+        if text.any():
+            r = int(np.flatnonzero(text.to_numpy())[0])
+            raise InputError(f"not a number: '{a[col].iloc[r]}'", file=path, row=r + 1, column=col,
+                             fix="the alignment columns hold numbers only")
+        if col in ("x", "y", "selected") and v.isna().any():
             r = int(np.flatnonzero(v.isna().to_numpy())[0])
-            raise InputError(f"not a number: '{a[col].iloc[r]}'", file=path, row=r + 1, column=col)
+            raise InputError("missing value (empty or n/a)", file=path, row=r + 1, column=col,
+                             fix="every array spot needs x, y and selected (1 under the tissue, "
+                                 "else 0); remove rows of spots that are not on the array")
         a[col] = v
+    check_coordinates(a["pixel_x"].to_numpy(), a["pixel_y"].to_numpy(), file=path,
+                      row_offset=0, columns=("pixel_x", "pixel_y"), what="spot pixel position")
     key = list(zip(np.round(a["x"]).astype(int), np.round(a["y"]).astype(int)))
     if len(set(key)) != len(key):
         seen = set()
@@ -285,7 +326,7 @@ def read_manifest(path) -> list[tuple[Path, Path, Path, str | None]]:
     path = Path(path)
     if not path.is_file():
         raise InputError("manifest not found", file=path)
-    m = pd.read_csv(path, sep=None, engine="python", dtype=str)
+    m = _read_tsv(path, "manifest", sep=None, engine="python", dtype=str)
     m.columns = [c.strip().lower() for c in m.columns]
     for col in ("counts", "alignment", "image"):
         if col not in m.columns:
@@ -301,6 +342,8 @@ def read_manifest(path) -> list[tuple[Path, Path, Path, str | None]]:
             p = Path(v.strip())
             vals.append(p if p.is_absolute() else path.parent / p)
         name = getattr(row, "sample", None) if "sample" in m.columns else None
+        if isinstance(name, str) and name.strip():
+            check_sample_name(name.strip(), file=path, row=r, column="sample")
         out.append((vals[0], vals[1], vals[2], name.strip() if isinstance(name, str) and
                     name.strip() else None))
     return out

@@ -25,24 +25,20 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
-from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import InputError, TabstError
 from ..store import build_provenance, create_store
-from ..util import progress, relpath_from
+from .checks import check_config_types, check_coordinates, check_sample_name
 from .common import (
     DEFAULT_CHUNK_ROWS,
-    IMAGE_SUFFIXES,
     PARQUET_SUFFIXES,
     TEXT_TABLE_SUFFIXES,
     IdIndex,
     TableExpression,
     _preview,
-    check_image_size,
-    find_sample_file,
     open_expression,
     parse_gene_list,
     read_table,
@@ -53,6 +49,7 @@ from .common import (
     write_expression_streaming,
     write_image_group,
 )
+from .table_images import MASK_STEMS, _first, _plan_images  # noqa: F401 - MASK_STEMS re-exported
 
 REQUIRED = ("cell_id", "sample", "x", "y")
 OPTIONAL = ("tissue", "image", "group")
@@ -70,9 +67,15 @@ ALIASES = {
 }
 CONFIG_KEYS = ("columns", "expression", "images", "masks", "gene_prefix", "genes", "transform",
                "pixel_size_um", "expression_id_column", "expression_layer", "allow_negative")
+#: type of each config value (see :func:`tabst.ingest.checks.check_config_types`)
+CONFIG_TYPES = {"columns": "mapping", "expression": "str list", "images": "str", "masks": "str",
+                "gene_prefix": "str", "genes": "str list", "transform": "str",
+                "pixel_size_um": "positive number", "expression_id_column": "str",
+                "expression_layer": "str", "allow_negative": "bool"}
+CONFIG_EXAMPLES = {"columns": "columns: {cell_id: fnm, x: x_centroid}",
+                   "genes": "genes: [GAPDH, ACTB]   or   genes: '@genes.txt'",
+                   "expression": "expression: expr.csv   or   expression: [S1.csv, S2.csv]"}
 EXPRESSION_SUFFIXES = tuple(TEXT_TABLE_SUFFIXES) + PARQUET_SUFFIXES + (".h5ad", ".h5", ".hdf5")
-MASK_STEMS = ("{s}_mask", "{s}_masks", "{s}_nuclei", "{s}_nucleus", "{s}_labels", "{s}_label",
-              "{s}")
 
 
 def load_config(path) -> dict:
@@ -90,13 +93,14 @@ def load_config(path) -> dict:
         raise InputError("the config must be a mapping of option: value", file=path,
                          fix=f"valid keys: {', '.join(CONFIG_KEYS)}")
     cfg = cfg.get("ingest_table", cfg)  # allow nesting under ingest_table:
+    if not isinstance(cfg, dict):
+        raise InputError("'ingest_table' must be a mapping of option: value", file=path,
+                         fix=f"valid keys: {', '.join(CONFIG_KEYS)}")
     unknown = [k for k in cfg if k not in CONFIG_KEYS]
     if unknown:
         raise InputError(f"unknown config key '{unknown[0]}'", file=path,
                          fix=f"valid keys: {', '.join(CONFIG_KEYS)}")
-    if "columns" in cfg and not isinstance(cfg["columns"], dict):
-        raise InputError("'columns' must map field: column name", file=path,
-                         fix="e.g.  columns: {cell_id: fnm, x: x_centroid}")
+    check_config_types(cfg, CONFIG_TYPES, file=path, examples=CONFIG_EXAMPLES)
     return cfg
 
 
@@ -139,19 +143,6 @@ def resolve_columns(header: Sequence[str], mapping: dict, labels) -> dict:
     return out
 
 
-def _bare(e: InputError) -> str:
-    """The message of an InputError without its 'file, row, column: ' prefix and fix."""
-    text = str(e).split("\n")[0]
-    prefix = ", ".join(str(w) for w in (e.file, e.row and f"row {e.row}",
-                                          e.column and f"column '{e.column}'") if w)
-    return text[len(prefix) + 2:] if prefix and text.startswith(prefix + ": ") else text
-
-
-def _first(mask: np.ndarray) -> int | None:
-    idx = np.flatnonzero(mask)
-    return int(idx[0]) if len(idx) else None
-
-
 def _read_labels(labels: Path, colmap: dict):
     """The label table's mapped columns, validated. Returns a dict of arrays (pyarrow for
     strings, numpy float64 for x/y) keyed by canonical field."""
@@ -181,12 +172,16 @@ def _read_labels(labels: Path, colmap: dict):
                          fix="cell ids must be unique; prefix them with the sample if needed")
     out = {"cell_id": ids, "_index": index}
     for f in ("x", "y"):
-        v = cols[f].to_numpy(zero_copy_only=False).astype(np.float64)
-        i = _first(np.isnan(v))
-        if i is not None:
-            raise InputError("missing coordinate", file=labels, row=i + 1, column=colmap[f],
-                             fix="every cell needs a numeric x and y centroid (pixels)")
-        out[f] = v
+        out[f] = cols[f].to_numpy(zero_copy_only=False).astype(np.float64)
+    check_coordinates(out["x"], out["y"], file=labels, row_offset=0,
+                      columns=(colmap["x"], colmap["y"]), row_ids=ids, what="centroid")
+    enc = pc.dictionary_encode(cols["sample"])
+    for k, name in enumerate(enc.dictionary.to_pylist()):
+        try:
+            check_sample_name(name)
+        except InputError:
+            row = _first(enc.indices.to_numpy(zero_copy_only=False) == k) + 1
+            check_sample_name(name, file=labels, row=row, column=colmap["sample"])
     out["sample"] = cols["sample"]
     if "tissue" in cols:
         t_ = cols["tissue"]
@@ -218,13 +213,6 @@ def _expression_files(expression) -> list[Path]:
         else:
             files.append(p)
     return files
-
-
-def _resolve_image(value: str, images: Path | None, labels: Path) -> Path:
-    p = Path(value)
-    if p.is_absolute():
-        return p
-    return (images if images is not None else labels.parent) / p
 
 
 def ingest_table(labels, *, out, images=None, expression=None, masks=None,
@@ -290,11 +278,15 @@ def ingest_table(labels, *, out, images=None, expression=None, masks=None,
     genes = parse_gene_list(genes if genes is not None else cfg.get("genes"))
     transform = transform if transform is not None else cfg.get("transform", "as given")
     pixel_size_um = pixel_size_um if pixel_size_um is not None else cfg.get("pixel_size_um")
+    if pixel_size_um is not None:
+        check_config_types({"pixel_size_um": pixel_size_um}, CONFIG_TYPES, file=None)
     pixel_size_um = float("nan") if pixel_size_um is None else float(pixel_size_um)
     expression_id_column = expression_id_column or cfg.get("expression_id_column")
     expression_layer = expression_layer or cfg.get("expression_layer")
-    allow_negative = bool(allow_negative if allow_negative is not None
-                          else cfg.get("allow_negative", False))
+    allow_negative = allow_negative if allow_negative is not None else cfg.get("allow_negative",
+                                                                               False)
+    check_config_types({"allow_negative": allow_negative}, CONFIG_TYPES, file=None)
+    allow_negative = bool(allow_negative)  # a real bool (or None) by now
     images = Path(images) if images is not None else None
     masks = Path(masks) if masks is not None else None
 
@@ -373,146 +365,6 @@ def _sample_counts(sample) -> dict:
 
     vc = pc.value_counts(sample)
     return {v.as_py(): c.as_py() for v, c in zip(vc.field("values"), vc.field("counts"))}
-
-
-def _plan_images(cells, colmap, labels: Path, images: Path | None, masks: Path | None,
-                 pixel_size_um: float, store_dir: Path, show_progress: bool):
-    """Find, header-check and size-check every image (and mask); returns the per-sample
-    ``/images`` attrs, per-cell patch paths (relative to the store, filled later) and the list
-    of files used (for provenance)."""
-    import pyarrow.compute as pc
-
-    enc = pc.dictionary_encode(cells["sample"])
-    scodes = enc.indices.to_numpy(zero_copy_only=False)
-    snames = [str(v) for v in enc.dictionary.to_pylist()]
-    n = len(scodes)
-    x, y = cells["x"], cells["y"]
-    per_cell = False
-    sample_img: dict[str, Path] = {}
-    if "image" in cells:
-        ienc = pc.dictionary_encode(cells["image"])
-        icodes = ienc.indices.to_numpy(zero_copy_only=False)
-        ivals = ienc.dictionary.to_pylist()
-        pairs = np.unique(np.stack([scodes, icodes], 1), axis=0)
-        if len(pairs) == len(snames):
-            for sc, ic in pairs:
-                sample_img[snames[sc]] = _resolve_image(ivals[ic], images, labels)
-        elif len(ivals) == n:
-            per_cell = True
-        else:
-            # a sample with several images that are not one per cell
-            first_img = np.full(len(snames), -1)
-            for i in range(n):
-                if first_img[scodes[i]] < 0:
-                    first_img[scodes[i]] = icodes[i]
-                elif first_img[scodes[i]] != icodes[i]:
-                    raise InputError(
-                        f"sample '{snames[scodes[i]]}' has several image files "
-                        f"('{ivals[first_img[scodes[i]]]}', '{ivals[icodes[i]]}', ...)",
-                        file=labels, row=i + 1, column=colmap["image"],
-                        fix="give one image per sample, or one patch image per cell")
-    else:
-        if images is None:
-            raise InputError("no images given", file=labels,
-                             fix="pass --images DIR with one <sample>.png/.tif per sample, or add "
-                                 "an image column to the label table")
-        for s in snames:
-            p = find_sample_file(images, [s], what="image", sample=s)
-            if p is None:
-                raise InputError(f"no image for sample '{s}'", file=images,
-                                 fix=f"name it {s}.png / {s}.tif (one of "
-                                     f"{', '.join(IMAGE_SUFFIXES)}), or name the file in an "
-                                     "image column of the label table")
-            sample_img[s] = p
-
-    used: list[Path] = []
-    plan: dict = {"kind": "per-cell" if per_cell else "file", "samples": {}}
-    if per_cell:
-        paths = cells["image"].to_pylist()
-        dims = set()
-        rel = np.empty(n, dtype=object)
-        with (progress(unit="images", transient=True) if show_progress else nullcontext()) as bar:
-            task = bar.add_task("patch headers", total=n) if bar is not None else None
-            for i, v in enumerate(paths):
-                p = _resolve_image(v, images, labels)
-                try:
-                    h = check_image_size(p, what="patch image")
-                except InputError as e:
-                    raise InputError(f"{_bare(e)}: {p}", file=labels, row=i + 1,
-                                     column=colmap["image"], fix=e.fix) from None
-                dims.add((h.height, h.width))
-                rel[i] = relpath_from(p, store_dir)
-                if task is not None and i % 256 == 0:
-                    bar.update(task, completed=i)
-        folder = images if images is not None else labels.parent
-        hh, ww = next(iter(dims)) if len(dims) == 1 else (0, 0)
-        for s in snames:
-            plan["samples"][s] = {
-                "kind": "per-cell", "path": folder, "height": hh, "width": ww, "channels": 0,
-                "pixel_size_um": pixel_size_um, "mask_path": _find_mask(masks, s, None),
-                "description": f"per-cell patch images of sample {s} (paths in /cells/image)"}
-        used.append(folder)
-        plan["cell_paths"] = rel
-        return plan, used
-
-    W = np.zeros(len(snames))
-    H = np.zeros(len(snames))
-    for k, s in enumerate(snames):
-        p = sample_img[s]
-        try:
-            hdr = check_image_size(p, what="image")
-        except InputError as e:
-            row = int(np.flatnonzero(scodes == k)[0]) + 1
-            raise InputError(f"{_bare(e)} (image of sample '{s}', first on label row {row})",
-                             file=p, fix=e.fix) from None
-        H[k], W[k] = hdr.height, hdr.width
-        mask = _find_mask(masks, s, p)
-        if mask is not None:
-            mh = check_image_size(mask, what="mask")
-            if mh.channels != 1:
-                raise InputError(f"the nucleus mask has {mh.channels} channels", file=mask,
-                                 fix="a mask is a single-channel label image (0 = background, "
-                                     "k = nucleus k), e.g. a uint16/uint32 TIFF or 16-bit PNG")
-            if (mh.height, mh.width) != (hdr.height, hdr.width):
-                raise InputError(f"mask is {mh.width}x{mh.height} px but the image {p.name} is "
-                                 f"{hdr.width}x{hdr.height}", file=mask,
-                                 fix="the mask must have the image's size")
-            used.append(mask)
-        used.append(p)
-        plan["samples"][s] = {
-            "kind": "file", "path": p, "mask_path": mask, "height": hdr.height,
-            "width": hdr.width, "channels": hdr.channels, "pixel_size_um": pixel_size_um,
-            "description": f"H&E image of sample {s}"
-                           + ("; nucleus label mask in mask_path (0 = background)" if mask else "")}
-    # centroids inside their image
-    for f_, lim in (("x", W), ("y", H)):
-        v = x if f_ == "x" else y
-        bad = (v < 0) | (v >= lim[scodes]) | ~np.isfinite(v)
-        i = _first(bad)
-        if i is not None:
-            s = snames[scodes[i]]
-            raise InputError(
-                f"centroid {f_}={v[i]:g} is outside the image of sample '{s}' "
-                f"({sample_img[s].name}: {int(W[scodes[i]])} x {int(H[scodes[i]])} px)",
-                file=labels, row=i + 1, column=colmap[f_],
-                fix="x, y must be pixel coordinates in that sample's image (x = column, "
-                    "y = row); check the image, the units (not microns?) and x/y order")
-    return plan, used
-
-
-def _find_mask(masks: Path | None, sample: str, image: Path | None) -> Path | None:
-    if masks is None:
-        return None
-    stems = [t.format(s=sample) for t in MASK_STEMS]
-    if image is not None:
-        stems += [f"{image.stem}_mask", f"{image.stem}_masks", image.stem]
-    hits = [find_sample_file(masks, [st], what="mask", sample=sample) for st in stems]
-    hits = [h for h in hits if h is not None and (image is None or h.resolve() != image.resolve())]
-    if not hits:
-        raise InputError(f"no nucleus mask for sample '{sample}'", file=masks,
-                         fix=f"name it {sample}_mask.tif or {sample}.png in the masks folder "
-                             "(or leave out --masks)")
-    return hits[0]
 
 
 def describe_summary(res: dict) -> str:

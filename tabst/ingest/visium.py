@@ -34,6 +34,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from ..errors import InputError
+from .checks import check_coordinates, check_expression_block, json_number
 from .spots import SpotSection, check_inside, image_shape, make_unique
 
 VISIUM_SPOT_DIAMETER_UM = 55.0
@@ -127,11 +128,28 @@ def read_10x_mtx(folder) -> tuple[sp.csr_matrix, list[str], list[str], list[str]
     return M, barcodes, ids, names, types
 
 
+def _read_csv(path: Path, **kw) -> pd.DataFrame:
+    """pandas.read_csv with an InputError for empty, non-UTF-8 or unparsable files."""
+    from .tabular import not_utf8_error
+
+    try:
+        return pd.read_csv(path, **kw)
+    except pd.errors.EmptyDataError:
+        raise InputError("the file is empty", file=path,
+                         fix="give Space Ranger's spatial/ folder as written (one row per "
+                             "spot)") from None
+    except UnicodeDecodeError:
+        raise not_utf8_error(path, delimiter=",") from None
+    except pd.errors.ParserError as e:
+        raise InputError(f"cannot parse the CSV ({e})", file=path,
+                         fix="give Space Ranger's comma-separated positions file") from None
+
+
 def read_positions(spatial: Path) -> tuple[pd.DataFrame, Path]:
     """Spot positions: ``tissue_positions.csv`` (header) or ``tissue_positions_list.csv``."""
     p = spatial / "tissue_positions.csv"
     if p.is_file():
-        df = pd.read_csv(p)
+        df = _read_csv(p)
         df.columns = [c.strip() for c in df.columns]
         missing = [c for c in POSITION_COLUMNS if c not in df.columns]
         if missing:
@@ -142,19 +160,32 @@ def read_positions(spatial: Path) -> tuple[pd.DataFrame, Path]:
         if not p.is_file():
             raise InputError("no tissue_positions.csv or tissue_positions_list.csv",
                              file=spatial, fix="give Space Ranger's outs/ folder (with spatial/)")
-        df = pd.read_csv(p, header=None)
+        df = _read_csv(p, header=None)
         if df.shape[1] != 6:
             raise InputError(f"expected 6 columns, found {df.shape[1]}", file=p,
                              fix="tissue_positions_list.csv has no header and 6 columns: "
                                  + ", ".join(POSITION_COLUMNS))
         df.columns = POSITION_COLUMNS
+    if len(df) == 0:
+        raise InputError("the positions file has no spots", file=p,
+                         fix="give Space Ranger's spatial/ folder as written (one row per spot)")
     df["barcode"] = df["barcode"].astype(str)
     for col in POSITION_COLUMNS[1:]:
         v = pd.to_numeric(df[col], errors="coerce")
-        if v.isna().any():
+        text = v.isna() & df[col].notna()
+        if text.any():
+            r = int(np.flatnonzero(text.to_numpy())[0])
+            raise InputError(f"not a number: '{df[col].iloc[r]}'", file=p, row=r + 1, column=col,
+                             fix="the position columns hold numbers only")
+        if col in ("in_tissue", "array_row", "array_col") and v.isna().any():
             r = int(np.flatnonzero(v.isna().to_numpy())[0])
-            raise InputError(f"not a number: '{df[col].iloc[r]}'", file=p, row=r + 1, column=col)
+            raise InputError("missing value", file=p, row=r + 1, column=col,
+                             fix="every spot needs in_tissue, array_row and array_col")
         df[col] = v
+    check_coordinates(df["pxl_col_in_fullres"].to_numpy(), df["pxl_row_in_fullres"].to_numpy(),
+                      file=p, row_offset=0, columns=("pxl_col_in_fullres", "pxl_row_in_fullres"),
+                      row_ids=df["barcode"].to_numpy(), what="spot position",
+                      id_label="barcode", unit="full-resolution pixels")
     if df["barcode"].duplicated().any():
         r = int(np.flatnonzero(df["barcode"].duplicated().to_numpy())[0])
         raise InputError(f"barcode '{df['barcode'].iloc[r]}' appears twice", file=p, row=r + 1,
@@ -208,10 +239,13 @@ def read_visium(outs, sample: str | None = None, *, fullres_image=None, all_spot
     n_other = int((~gex).sum())
     if not gex.any():
         raise InputError("no 'Gene Expression' features in the matrix", file=mpath)
-    totals_all = np.asarray(M[:, np.flatnonzero(gex)].sum(axis=1), dtype=np.float64).ravel()
     M = M[:, np.flatnonzero(gex)]
     ids = [i for i, k in zip(ids, gex) if k]
     names = [n for n, k in zip(names, gex) if k]
+    check_expression_block(M, file=mpath, row_offset=None, genes=names, row_ids=barcodes,
+                           what="count", id_label="barcode",
+                           negative_fix="give Space Ranger's raw counts (>= 0)")
+    totals_all = np.asarray(M.sum(axis=1), dtype=np.float64).ravel()
     if gene_names == "id":
         genes, renamed = make_unique(ids)
     else:
@@ -222,11 +256,15 @@ def read_visium(outs, sample: str | None = None, *, fullres_image=None, all_spot
     if not sf_path.is_file():
         raise InputError("no scalefactors_json.json", file=spatial)
     try:
-        sf = json.loads(sf_path.read_text())
-    except json.JSONDecodeError as e:
-        raise InputError(f"not valid JSON ({e})", file=sf_path) from None
-    if "spot_diameter_fullres" not in sf:
-        raise InputError("no 'spot_diameter_fullres'", file=sf_path)
+        sf = json.loads(sf_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InputError(f"not valid JSON ({e})", file=sf_path,
+                         fix="give Space Ranger's scalefactors_json.json as written") from None
+    if not isinstance(sf, dict):
+        raise InputError("the scale factors are not a JSON object", file=sf_path,
+                         fix='expected {"spot_diameter_fullres": ..., "tissue_hires_scalef": ..., '
+                             '"tissue_lowres_scalef": ...}')
+    spot_fullres = json_number(sf, "spot_diameter_fullres", file=sf_path)
 
     if fullres_image is not None:
         img, choice, scale = Path(fullres_image), "fullres", 1.0
@@ -234,17 +272,14 @@ def read_visium(outs, sample: str | None = None, *, fullres_image=None, all_spot
             raise InputError("full-resolution image not found", file=img)
     elif (spatial / "tissue_hires_image.png").is_file():
         img, choice = spatial / "tissue_hires_image.png", "hires"
-        scale = sf.get("tissue_hires_scalef")
     elif (spatial / "tissue_lowres_image.png").is_file():
         img, choice = spatial / "tissue_lowres_image.png", "lowres"
-        scale = sf.get("tissue_lowres_scalef")
     else:
         raise InputError("no image: neither tissue_hires_image.png nor tissue_lowres_image.png "
                          "in spatial/", file=spatial,
                          fix="give the full-resolution image with --fullres-image")
-    if scale is None:
-        raise InputError(f"no tissue_{choice}_scalef for the {choice} image", file=sf_path)
-    scale = float(scale)
+    if choice != "fullres":
+        scale = json_number(sf, f"tissue_{choice}_scalef", file=sf_path)
     h, w, c = image_shape(img)
 
     pos_idx = {b: i for i, b in enumerate(pos["barcode"])}
@@ -262,7 +297,7 @@ def read_visium(outs, sample: str | None = None, *, fullres_image=None, all_spot
     check_inside(sample, x, y, h, w, pos_path, "spot centres",
                  fix=f"the positions (x {choice} scale factor {scale:g}) must fall in {img.name}; "
                      "give the matching --fullres-image, or check scalefactors_json.json")
-    spot_px = float(sf["spot_diameter_fullres"]) * scale
+    spot_px = spot_fullres * scale
     report = {
         "matrix": str(mpath), "matrix_format": kind,
         "spots_in_matrix": int(len(barcodes)),
