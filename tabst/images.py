@@ -350,8 +350,9 @@ class FileImage:
 class PerCellImages:
     """Reader for ``kind="per-cell"``: one patch image per cell, path in ``/cells/image``.
 
-    Paths are relative to the store's folder (or absolute). ``attrs["path"]`` may name a folder
-    the per-cell paths are relative to instead (optional).
+    ``/cells/image`` paths are relative to the store's folder (or absolute), as every ingest
+    writes them. ``attrs["path"]`` (the folder the patches came from) is a fallback base for
+    paths that do not resolve against the store's folder (stores written by other tools).
     """
 
     patch_based = True
@@ -360,10 +361,21 @@ class PerCellImages:
 
     def __init__(self, store_path: Path, sample: str, attrs: dict):
         self.store_path, self.sample, self.attrs = Path(store_path), sample, attrs
+        self.store_dir = Path(store_path).resolve().parent
         base = str(attrs.get("path", "") or "")
-        self.base = resolve_path(store_path, base) if base else Path(store_path).resolve().parent
-        if not self.base.is_dir():
-            self.base = Path(store_path).resolve().parent
+        self.base = resolve_path(store_path, base) if base else None
+        if self.base is not None and not self.base.is_dir():
+            self.base = None
+
+    def _resolve(self, rel: str) -> Path:
+        p = Path(rel)
+        if p.is_absolute():
+            return p
+        first = self.store_dir / p
+        if first.exists() or self.base is None:
+            return first
+        alt = self.base / p
+        return alt if alt.exists() else first
 
     def read_patch(self, row: int, fields: dict) -> np.ndarray:
         from .image_files import open_pil
@@ -372,8 +384,7 @@ class PerCellImages:
         if rel is None or str(rel) == "":
             raise InputError("no per-cell image path", file=self.store_path, row=row + 1,
                              column="image", fix="every cell of a per-cell sample needs an image")
-        p = Path(str(rel))
-        p = p if p.is_absolute() else self.base / p
+        p = self._resolve(str(rel))
         try:
             with open_pil(p, what="per-cell patch image") as im:
                 if im.mode not in ("RGB", "L", "RGBA", "LA", "I;16", "I", "F"):
