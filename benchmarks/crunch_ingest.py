@@ -13,9 +13,10 @@ thread pool and glibc keeps one malloc arena per thread, so the step peak includ
 image-size independent allocator overhead (about threads x chunk bytes).
 
 ``--full`` -- one real-size sample: 20,000 x 20,000 px, a nucleus every 55 px (~132k nuclei,
-Crunch samples have 90k-170k), 460 genes; ingest, the features pass (crops + morphology /
-stain / neighbourhood, no encoder) and `tabst embed` (ResNet50 layer3, 32 px, random weights,
-CPU) with and without the features. Anchor (the Crunch quickstarter's notebook output, which
+Crunch samples have 90k-170k), 460 genes; ingest, reading every cell's 32 px patch (the
+quickstarter's patch extraction), the features pass (crops + morphology / stain /
+neighbourhood, no encoder) and `tabst embed` (ResNet50 layer3, 32 px, random weights, CPU,
+with the features). Anchor (the Crunch quickstarter's notebook output, which
 holds the whole image in memory): regionprops over the whole mask 15 s for 171,019 nuclei
 (~11,400 nuclei/s) and patch extraction ~820 patches/s; tabst must be faster end to end
 (ingest + patches) and bounded in memory.
@@ -150,6 +151,21 @@ def _child(mode: str, zarr: str, tile: int, out: str) -> None:
     elif mode == "ingest":
         res = ingest_crunch([zarr], out, tile=tile, force=True, show_progress=False)
         n = res.n_cells
+    elif mode == "patches":  # every cell's 32 px crop read lazily from the zarr, one process
+        from tabst.images import open_sample_image
+        from tabst.patches import crop_patch
+        from tabst.store import cells_frame, open_store
+
+        c = cells_frame(out)
+        with open_store(out) as f:
+            attrs = {s: dict(f["images"][s].attrs) for s in f["images"]}
+        n = 0
+        for s, part in c.groupby("sample", sort=False):
+            reader = open_sample_image(out, attrs[s], s)
+            for x, y in zip(part["x"].to_numpy(), part["y"].to_numpy()):
+                crop_patch(reader, x, y, 32)
+                n += 1
+            reader.close()
     elif mode == "features":  # crops + morphology / stain / neighbourhood, no encoder
         from tabst.morphology import compute_features
         from tabst.store import n_cells
@@ -262,6 +278,7 @@ def full_size(workdir: Path, size: int, tile: int, spacing: int = 55) -> None:
               f"{time.perf_counter() - t0:.1f} s", flush=True)
     store, feat_store = workdir / "full.h5", workdir / "full-features.h5"
     res = {"ingest": measure("ingest", z, tile, workdir, store)}
+    res["patches"] = measure("patches", z, tile, workdir, store)
     shutil.copy(store, feat_store)
     res["features"] = measure("features", z, tile, workdir, feat_store)
     res["embed"] = measure("embed", z, tile, workdir, store)
@@ -272,7 +289,7 @@ def full_size(workdir: Path, size: int, tile: int, spacing: int = 55) -> None:
         print(f"{k:<9} {m['n']:>8,} {m['seconds']:>8.1f} {m['n'] / m['seconds']:>8.0f} "
               f"{m['peak_rss_mb']:>12.0f} {m['children_peak_rss_mb']:>11.0f}")
     qs = n / QUICKSTARTER["regionprops_nuclei_per_s"] + n / QUICKSTARTER["patches_per_s"]
-    ours = res["ingest"]["seconds"] + res["features"]["seconds"]
+    ours = res["ingest"]["seconds"] + res["patches"]["seconds"]
     peak = max(m["peak_rss_mb"] for m in res.values())
     print(json.dumps({
         "benchmark": "crunch_ingest_full", "image_px": [size, size], "nuclei": n, "genes": 460,
@@ -283,9 +300,9 @@ def full_size(workdir: Path, size: int, tile: int, spacing: int = 55) -> None:
         "workers_peak_rss_mb": {k: round(m["children_peak_rss_mb"], 1) for k, m in res.items()},
         "ingest_plus_patches_s": round(ours, 1), "quickstarter_equivalent_s": round(qs, 1),
         "image_bytes_uncompressed_mb": round(size * size * 3 / 2**20, 1),
-        "goal": "ingest + features pass (centroids + every patch) faster than the quickstarter's "
-                "regionprops + patching (15 s / 171k nuclei + 820 patches/s), and peak RSS below "
-                "the uncompressed image",
+        "goal": "ingest + every 32 px patch (lazy zarr reads) faster than the quickstarter's "
+                "regionprops + patching (15 s / 171k nuclei + 820 patches/s, whole image in "
+                "memory), and peak RSS below the uncompressed image",
         "met": bool(ours < qs and peak < size * size * 3 / 2**20),
     }))
 
