@@ -48,7 +48,11 @@ def register(app, ingest_app):
         integrated gradients + TabNet masks) grouped into embedding, morphology, stain,
         neighbourhood, tissue and position; writes RUN/attributions.h5 and an offline report."""
         from tabst.explain import run_explain
+        from tabst.outputs import prepare_output
 
+        if Path(run).is_dir():  # both outputs are writable before the attributions are computed
+            for target in (Path(run) / "attributions.h5", out or Path(run) / "explain.html"):
+                prepare_output(target, "file", force=True)
         path = run_explain(run, genes=_split(genes), top_genes=top_genes, models=_split(models),
                            cells=cells, refit=not fold_models, background=background, out=out,
                            store=store, seed=seed, gallery=gallery,

@@ -13,6 +13,8 @@ from typing import List, Optional
 
 import typer
 
+from tabst.outputs import prepare_output
+
 from ._common import console, err_console, user_errors
 
 NORMALIZE_HELP = ("expression transform: log1p-cpt = log1p(count/total*SCALE) (Crunch 1), "
@@ -83,6 +85,7 @@ def register(app, ingest_app):
         from tabst.ingest.visium import ingest_visium
 
         _check_normalize(normalize)
+        prepare_output(out, "file", force=force)  # before reading any input
         res = ingest_visium(outs, out, samples=sample, fullres_images=fullres_image,
                             all_spots=all_spots, gene_names=gene_names, tissue=tissue,
                             normalize=normalize, scale=scale, genes=genes, force=force,
@@ -127,6 +130,7 @@ def register(app, ingest_app):
         from tabst.ingest.st import ingest_st, parse_section_spec, read_manifest
 
         _check_normalize(normalize)
+        prepare_output(out, "file", force=force)  # before reading any input
         specs = []
         given = [p for p in (counts, alignment, image) if p is not None]
         if given and len(given) != 3:
@@ -165,6 +169,7 @@ def register(app, ingest_app):
         from tabst.ingest.hest import ingest_hest
 
         _check_normalize(normalize)
+        prepare_output(out, "file", force=force)  # before reading any input
         res = ingest_hest(hest_dir, out, ids=ids, normalize=normalize, scale=scale, genes=genes,
                           force=force, command=["tabst"] + sys.argv[1:],
                           show_progress=not as_json)

@@ -51,6 +51,7 @@ import numpy as np
 from .config import dump_config, load_config, model_params
 from .errors import StoreError, TabstError
 from .evaluate import METRIC_DIRECTION, METRIC_LABEL, METRICS, make_folds, mean_sd, score_fold
+from .outputs import is_fatal_io
 from .store import now_utc, opened, put, read_strings
 from .util import atomic_dir, json_default, progress
 
@@ -231,7 +232,9 @@ def run_compare(store, config=None, out=None, *, overrides=(), models=None, feat
                 from .report.render import render_report
 
                 render_report(tmp, run_name=out.name)
-            except Exception:  # the numbers are worth more than the picture
+            except Exception as e:  # the numbers are worth more than the picture
+                if is_fatal_io(e):
+                    raise
                 _write_log(tmp, "report", traceback.format_exc())
                 run["report_error"] = traceback.format_exc().strip().splitlines()[-1]
                 (tmp / "run.json").write_text(json.dumps(run, indent=1, default=json_default))
@@ -380,6 +383,8 @@ def _compare_in(f, cfg, tmp: Path, REGISTRY, FeatureBuilder, load_targets, rows_
                     for s, v in sc.per_sample.items():
                         per_sample.append({"model": name, "fold": fold.k, "sample": s, **v})
                 except Exception as e:  # a failing model must not stop the others
+                    if is_fatal_io(e):  # ... but a full disk stops the run
+                        raise
                     rec.update(status="failed", error=f"{type(e).__name__}: {e}".strip())
                     _write_log(tmp, name, f"--- fold {fold.k} ({', '.join(fold.test_samples)})\n"
                                + traceback.format_exc() + "\n")
@@ -416,6 +421,8 @@ def _compare_in(f, cfg, tmp: Path, REGISTRY, FeatureBuilder, load_targets, rows_
                                        "seconds": time.perf_counter() - t1,
                                        "path": f"models/{name}/all"}
                     except Exception as e:
+                        if is_fatal_io(e):
+                            raise
                         refit[name] = {"status": "failed", "error": f"{type(e).__name__}: {e}"}
                         _write_log(tmp, name, "--- refit on all rows\n" + traceback.format_exc())
                 if pbar:

@@ -68,22 +68,31 @@ def validate_spec(spec: dict | None) -> dict:
         if not isinstance(emb, dict) or set(emb) - {"name", "pca"}:
             raise TabstError("feature set: 'embedding' must be null or "
                              "{name: auto|NAME, pca: int|null}.")
-        if emb.get("pca") is not None and int(emb["pca"]) < 1:
-            raise TabstError("feature set: embedding.pca must be >= 1 or null.")
+        _check_type(emb.get("name"), "embedding.name", (str, type(None)), "a name or auto")
+        _check_type(emb.get("pca"), "embedding.pca", (int, type(None)),
+                    "an integer >= 1 or null")
+        if emb.get("pca") is not None and emb["pca"] < 1:
+            raise TabstError(f"feature set: key 'embedding.pca' must be an integer >= 1 or null, "
+                             f"got {emb['pca']!r}.")
     md = out["metadata"] or {}
     if not isinstance(md, dict) or set(md) - {"tissue", "position"}:
         raise TabstError("feature set: 'metadata' must be {tissue: bool, position: bool}.")
+    for k, v in md.items():
+        _check_type(v, f"metadata.{k}", bool, "true or false")
     out["metadata"] = {"tissue": bool(md.get("tissue", False)),
                        "position": bool(md.get("position", False))}
     feats = out["features"] or []
     if isinstance(feats, str):
         feats = [feats]
+    _check_type(feats, "features", (list, tuple), "a list of feature-set names")
     out["features"] = [str(f) for f in feats]
     nb = out["neighbourhood"]
     if nb is not None:
         if not isinstance(nb, dict) or set(nb) - {"k", "components"}:
             raise TabstError("feature set: 'neighbourhood' must be null or "
                              "{k: int, components: int}.")
+        for k in ("k", "components"):
+            _check_type(nb.get(k, 1), f"neighbourhood.{k}", int, "an integer >= 1")
         nb = {"k": int(nb.get("k", 8)), "components": int(nb.get("components", 16))}
         if nb["k"] < 1 or nb["components"] < 1:
             raise TabstError("feature set: neighbourhood.k and .components must be >= 1.")
@@ -92,6 +101,14 @@ def validate_spec(spec: dict | None) -> dict:
                              "'embedding' section.")
         out["neighbourhood"] = nb
     return out
+
+
+def _check_type(value, key: str, types, words: str) -> None:
+    """Raise a :class:`TabstError` naming ``key`` unless ``value`` is one of ``types`` (a bool is
+    not an integer here)."""
+    types = types if isinstance(types, tuple) else (types,)
+    if (isinstance(value, bool) and bool not in types) or not isinstance(value, types):
+        raise TabstError(f"feature set: key '{key}' must be {words}, got {value!r}.")
 
 
 def rows_with_expression(store) -> np.ndarray:

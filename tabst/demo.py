@@ -526,7 +526,9 @@ def run_demo(out, seed: int = 0, quick: bool = False, force: bool = False,
     if unknown or not stages or list(stages) != list(STAGES[:len(stages)]):
         raise TabstError(f"demo stages must be a prefix of {', '.join(STAGES)} (got {stages}).")
     t0 = time.perf_counter()
-    out = Path(out)
+    from .outputs import prepare_output
+
+    out = prepare_output(out, "dir", exist_ok=True)  # a folder (or nothing yet), writable
     P = _paths(out)
     existing = [p for p in (out / "store.h5", P["raw"], P["truth"], out / "run") if p.exists()]
     if existing and not force:

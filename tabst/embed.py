@@ -294,17 +294,28 @@ def embed_store(store_path, encoder: str = "resnet50", layer: str = "layer3", pa
                         show_progress=show_progress, _stop_after_batches=_stop_after_batches)
 
 
-def run_pipeline(store_path, *, encoder: str | None, layer: str = "layer3", patch_size=32,
-                 resize=None, weights: str = "imagenet", weights_sha256=None,
-                 batch_size: int = 256, workers=None, device: str = "auto", name=None,
-                 features: bool = True, force: bool = False, per_cell_fit: str = "crop",
-                 show_progress: bool = True, feature_params: dict | None = None,
-                 _stop_after_batches=None) -> str | None:
+def run_pipeline(store_path, *, encoder: str | None, **options) -> str | None:
     """Shared pass behind :func:`embed_store` and :func:`tabst.morphology.compute_features`.
 
     ``encoder=None`` computes features only (then a differing complete feature set is refused
-    without ``force``; with an encoder it is kept and a note printed).
+    without ``force``; with an encoder it is kept and a note printed). The store's lock
+    (:func:`tabst.outputs.output_lock`) is held throughout, so a second tabst process writing
+    the same store stops at once with the pid of this one.
     """
+    from .outputs import lock_if_possible
+
+    if not Path(store_path).is_file():  # the usual "no such store" error; no lock file beside it
+        return _pipeline(store_path, encoder=encoder, **options)
+    with lock_if_possible(store_path, "store"):
+        return _pipeline(store_path, encoder=encoder, **options)
+
+
+def _pipeline(store_path, *, encoder: str | None, layer: str = "layer3", patch_size=32,
+              resize=None, weights: str = "imagenet", weights_sha256=None,
+              batch_size: int = 256, workers=None, device: str = "auto", name=None,
+              features: bool = True, force: bool = False, per_cell_fit: str = "crop",
+              show_progress: bool = True, feature_params: dict | None = None,
+              _stop_after_batches=None) -> str | None:
     from rich.console import Console
 
     from .images import reader_class, sample_attrs
@@ -467,6 +478,15 @@ def run_pipeline(store_path, *, encoder: str | None, layer: str = "layer3", patc
     n_batches = math.ceil(n / batch_size)
 
     # ---- allocate / mark the outputs (flushed before any row is written) ----
+    from .outputs import check_free_space, mark_writing
+
+    mark_writing(store_path)
+    need = 0  # float32 bytes of the datasets allocated now
+    if emb is not None and emb["fresh"]:
+        need += n * emb["info"].dim * 4
+    if feat is not None and feat["fresh"]:
+        need += n * len(feat["names"]) * 4
+    check_free_space(store_path.resolve().parent, need, store_path)
     with open_store(store_path, "r+") as f:
         if emb is not None:
             info = emb["info"]

@@ -33,3 +33,8 @@ class InputError(TabstError):
 
 class StoreError(TabstError):
     """The store file is missing, of another schema version, or lacks what a command needs."""
+
+
+class OutputError(TabstError):
+    """An output cannot be written: exists, wrong kind, not writable, disk full, or created by
+    another process meanwhile. Fatal for a whole run (never recorded as one model's failure)."""

@@ -337,9 +337,9 @@ def predict_submission(run, store, out, *, group: str = "validation,test",
     from .util import atomic_dir, progress
 
     run, out = Path(run), Path(out)
-    if out.exists() and not force:
-        raise TabstError(f"{out} already exists. Pass --force to overwrite it, or choose another "
-                         "--out.")
+    from .outputs import prepare_output, publish  # exists? a file? writable? stale temp files?
+
+    prepare_output(out, "dir" if per_sample else "file", force=force)
     if decimals is not None and not 0 <= int(decimals) <= 12:
         raise TabstError(f"--decimals must be between 0 and 12 (got {decimals}).")
     groups = parse_groups(group)
@@ -363,7 +363,7 @@ def predict_submission(run, store, out, *, group: str = "validation,test",
         with (pbar or _Null()) as p:
             task = p.add_task(f"predict · {name}", total=len(rows)) if pbar else None
             if per_sample:
-                with atomic_dir(out) as tmp:
+                with atomic_dir(out, force=force) as tmp:
                     n_written, checks = 0, []
                     for s, cells in expected.cells.items():
                         sel = samp == s
@@ -377,7 +377,7 @@ def predict_submission(run, store, out, *, group: str = "validation,test",
                 try:
                     n_written, checks = _write_checked(tmp, writer, rows, ids, samp, expected, p,
                                                        task)
-                    os.replace(tmp, out)
+                    publish(tmp, out, force=force)  # never replaces an --out made meanwhile
                 except BaseException:
                     tmp.unlink(missing_ok=True)
                     raise

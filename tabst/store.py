@@ -27,7 +27,7 @@ import h5py
 import numpy as np
 
 from . import __version__
-from .errors import StoreError, TabstError
+from .errors import StoreError
 from .util import sha256_file
 
 SCHEMA_VERSION = 1
@@ -65,34 +65,31 @@ def build_provenance(inputs: Iterable = (), command: Sequence[str] | None = None
 
 
 @contextmanager
-def create_store(path, *, force: bool = False, provenance: dict | None = None):
+def create_store(path, *, force: bool = False, provenance: dict | None = None,
+                 expected_bytes: int | None = None):
     """Create a store atomically: write to a hidden temp file beside ``path``, rename at the end.
 
-    If the body raises, the temp file is removed and nothing appears at ``path``.
+    The target is checked first (:func:`tabst.outputs.prepare_output`), the store's lock is held
+    while the body writes, and the final rename never replaces a store that another process
+    created meanwhile unless ``force``. If the body raises, the temp file is removed and nothing
+    appears at ``path``.
     """
-    path = Path(path)
-    if path.exists() and not force:
-        raise TabstError(f"{path} already exists. Pass --force to overwrite it, or choose another --out.")
-    if not path.parent.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    f = h5py.File(tmp, "w")
-    try:
-        f.attrs["tabst_schema"] = SCHEMA_VERSION
-        f.attrs["created_utc"] = now_utc()
-        f.attrs["tabst_version"] = __version__
-        f.attrs["provenance"] = json.dumps(provenance or build_provenance())
-        f.attrs["description"] = ("tabst store: cells, images, expression, embeddings and features "
-                                  "for H&E -> expression modelling; see /cells, /expression, ...")
-        yield f
-        f.close()
-        os.replace(tmp, path)
-    except BaseException:
+    from .outputs import atomic_output
+
+    with atomic_output(path, "file", force=force, expected_bytes=expected_bytes,
+                       what="store") as tmp:
+        f = h5py.File(tmp, "w")
         try:
-            f.close()
+            f.attrs["tabst_schema"] = SCHEMA_VERSION
+            f.attrs["created_utc"] = now_utc()
+            f.attrs["tabst_version"] = __version__
+            f.attrs["provenance"] = json.dumps(provenance or build_provenance())
+            f.attrs["description"] = ("tabst store: cells, images, expression, embeddings and "
+                                      "features for H&E -> expression modelling; see /cells, "
+                                      "/expression, ...")
+            yield f
         finally:
-            tmp.unlink(missing_ok=True)
-        raise
+            f.close()
 
 
 def open_store(path, mode: str = "r") -> h5py.File:
@@ -100,9 +97,17 @@ def open_store(path, mode: str = "r") -> h5py.File:
     path = Path(path)
     if not path.exists():
         raise StoreError(f"{path}: no such store. Create one with `tabst ingest ...` or `tabst demo`.")
+    if mode != "r" and not os.access(path, os.W_OK):
+        raise StoreError(f"{path}: the store is not writable (permission denied or a read-only "
+                         "file system); this command adds to it. Copy it somewhere writable.")
     try:
         f = h5py.File(path, mode)
     except OSError as e:
+        from .outputs import held_message, lock_holder
+
+        holder = lock_holder(path)
+        if holder is not None:
+            raise StoreError(held_message(path, holder, "store")) from None
         raise StoreError(f"{path}: not a readable HDF5 file ({e}).") from None
     v = f.attrs.get("tabst_schema")
     if v is None:

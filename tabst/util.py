@@ -9,6 +9,8 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from .outputs import prepare_output  # noqa: F401 - re-exported: every writer checks with it
+
 
 def sha256_file(path, chunk: int = 1 << 20) -> str:
     """sha256 hex digest of a file, read in 1 MiB chunks."""
@@ -98,26 +100,18 @@ def relpath_from(target, base_dir) -> str:
 
 
 @contextmanager
-def atomic_dir(path):
-    """Build a folder atomically: yields a hidden temp folder beside ``path``; on success an
-    existing ``path`` is replaced by it, on any error the temp folder is removed and ``path`` is
-    left as it was."""
-    import shutil
+def atomic_dir(path, *, force: bool = True):
+    """Build a folder atomically: yields a hidden temp folder beside ``path``, renamed to
+    ``path`` at the end; on any error the temp folder is removed and ``path`` is left as it was.
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    try:
+    Checks, lock and final rename are :func:`tabst.outputs.atomic_output`'s. ``force=True`` (the
+    default, for folders inside a run being built, e.g. a model's) replaces an existing ``path``;
+    ``force=False`` refuses one that exists at the start or appears while the body runs.
+    """
+    from .outputs import atomic_output
+
+    with atomic_output(path, "dir", force=force) as tmp:
         yield tmp
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def json_default(o):

@@ -302,15 +302,13 @@ _DESCRIPTIONS = {
 
 def write_attributions(path, results: Sequence[ModelAttributions], *, attrs: dict | None = None):
     """Write ``attributions.h5`` atomically (temp file + rename). Returns the path."""
-    import os
-
     import h5py
 
+    from ..outputs import atomic_output
     from ..store import now_utc, put, set_attr
 
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_output(path, "file", force=True, what="attributions file") as tmp:
         with h5py.File(tmp, "w") as f:
             f.attrs["description"] = ("tabst explain: per-model additive feature attributions of "
                                       "held-out cells; prediction = base + values.sum(axis=1)")
@@ -345,10 +343,6 @@ def write_attributions(path, results: Sequence[ModelAttributions], *, attrs: dic
                     unit = "px" if k in ("x", "y") else None
                     put(g, k, v, description=_DESCRIPTIONS[k], unit=unit,
                         compression="gzip" if k in ("values", "mask_steps", "inputs") else None)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 
 

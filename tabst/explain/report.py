@@ -302,12 +302,10 @@ def _context(results: dict, genes, inp: ReportInputs, level: int, version: str) 
 def write_report(path, results: dict, genes: Sequence[str], inp: ReportInputs,
                  max_bytes: int = MAX_BYTES) -> Path:
     """Render and write the report atomically; returns the path."""
-    import os
+    from ..outputs import atomic_output
 
     html, _ = render_report(results, genes, inp, max_bytes)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(html, encoding="utf-8")
-    os.replace(tmp, path)
+    with atomic_output(path, "file", force=True, what="report") as tmp:
+        tmp.write_text(html, encoding="utf-8")
     return path

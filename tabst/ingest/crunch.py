@@ -270,9 +270,9 @@ def ingest_crunch(zarrs: Sequence, out, *, tile: int = DEFAULT_TILE, force: bool
     if dups:
         raise TabstError(f"sample name(s) {', '.join(dups)} given twice (the sample name is the "
                          "zarr's stem); rename one of the zarr folders.")
-    if out.exists() and not force:
-        raise TabstError(f"{out} already exists. Pass --force to overwrite it, or choose another "
-                         "--out.")
+    from ..outputs import prepare_output  # exists? a file? writable? stale temp files?
+
+    prepare_output(out, "file", force=force)
     multi = len(zarrs) > 1
     prov = build_provenance(zarrs, command=command, ingest="crunch", tile=tile)
     cols: dict = {}

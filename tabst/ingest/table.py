@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import InputError, TabstError
+from ..errors import InputError
 from ..store import build_provenance, create_store
 from .checks import check_config_types, check_coordinates, check_sample_name
 from .common import (
@@ -290,9 +290,9 @@ def ingest_table(labels, *, out, images=None, expression=None, masks=None,
     images = Path(images) if images is not None else None
     masks = Path(masks) if masks is not None else None
 
-    if out.exists() and not force:
-        raise TabstError(f"{out} already exists. Pass --force to overwrite it, or choose another "
-                         "--out.")
+    from ..outputs import prepare_output  # exists? a file? writable? stale temp files?
+
+    prepare_output(out, "file", force=force)
     if not labels.exists():
         raise InputError("label table not found", file=labels, fix="check the path")
     for folder, what in ((images, "--images"), (masks, "--masks")):

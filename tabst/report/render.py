@@ -50,8 +50,6 @@ def _fmt(v, nd=3):
 
 def load_run(run_dir) -> dict:
     """Read every table of a run folder (raises :class:`TabstError` if something is missing)."""
-    import pandas as pd
-    import yaml
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -60,18 +58,67 @@ def load_run(run_dir) -> dict:
     if missing:
         raise TabstError(f"{run_dir}: not a complete tabst compare run (missing "
                          f"{', '.join(missing)}). Re-run `tabst compare`.")
-    run = json.loads((run_dir / "run.json").read_text())
-    cfg = yaml.safe_load((run_dir / "config.yaml").read_text()) \
-        if (run_dir / "config.yaml").exists() else {}
+    run = _read_json(run_dir / "run.json")
+    cfg = _read_yaml(run_dir / "config.yaml") if (run_dir / "config.yaml").exists() else {}
+    _check_h5(run_dir / "predictions.h5")
+    per_fold = _read_csv(run_dir / "per_fold.csv").fillna({"error": ""}) \
+        if (run_dir / "per_fold.csv").exists() else None
     return {
-        "run": run, "config": cfg or {},
-        "leaderboard": pd.read_csv(run_dir / "leaderboard.csv", keep_default_na=True)
-        .fillna({"error": "", "codec": ""}),
-        "per_sample": pd.read_csv(run_dir / "per_sample.csv"),
-        "per_gene": pd.read_csv(run_dir / "per_gene.csv"),
-        "per_fold": pd.read_csv(run_dir / "per_fold.csv").fillna({"error": ""})
-        if (run_dir / "per_fold.csv").exists() else None,
+        "run": run, "config": cfg,
+        "leaderboard": _read_csv(run_dir / "leaderboard.csv").fillna({"error": "", "codec": ""}),
+        "per_sample": _read_csv(run_dir / "per_sample.csv"),
+        "per_gene": _read_csv(run_dir / "per_gene.csv"),
+        "per_fold": per_fold,
     }
+
+
+def _corrupt(path: Path, why: str) -> TabstError:
+    return TabstError(f"{path}: {why}. The run folder is damaged (an interrupted copy or a hand "
+                      "edit?): restore the file, or re-run `tabst compare`.")
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise _corrupt(path, f"not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise _corrupt(path, f"expected a JSON object, found {type(data).__name__}")
+    return data
+
+
+def _read_yaml(path: Path) -> dict:
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise _corrupt(path, f"not valid YAML ({str(e).splitlines()[0]})") from None
+    if data is not None and not isinstance(data, dict):
+        raise _corrupt(path, f"expected a YAML mapping, found {type(data).__name__}")
+    if not isinstance((data or {}).get("report") or {}, dict):
+        raise _corrupt(path, "key 'report' must be a mapping")
+    return data or {}
+
+
+def _read_csv(path: Path):
+    import pandas as pd
+
+    try:
+        return pd.read_csv(path, keep_default_na=True)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise _corrupt(path, f"not a readable CSV table ({str(e).strip()})") from None
+
+
+def _check_h5(path: Path) -> None:
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            if "genes" not in f:
+                raise _corrupt(path, "no /genes dataset (not a tabst predictions file)")
+    except OSError as e:
+        raise _corrupt(path, f"not a readable HDF5 file ({str(e).splitlines()[0]})") from None
 
 
 # --------------------------------------------------------------------------------------------
@@ -160,15 +207,10 @@ def fig_cost(lb, labels, dpi):
     return _b64png(fig, dpi)
 
 
-def fig_spatial(pred_file, sample, genes_show, models_show, labels, dpi, n_show=None):
-    """Measured vs predicted expression maps of a few genes on one held-out sample.
-
-    ``genes_show`` are candidates in order; the first ``n_show`` (default all) that the sample's
-    fold predicted are drawn (with a per-fold gene selection a fold may lack some genes).
-    Returns ``(png, column titles, genes drawn)``."""
+def _read_maps(pred_file, sample, genes_show, models_show, n_show):
+    """Coordinates, drawn genes, truth and predictions of ``sample`` (None: nothing to draw)."""
     import h5py
 
-    plt = _setup_mpl()
     with h5py.File(pred_file, "r") as f:
         genes = [g.decode() if isinstance(g, bytes) else str(g) for g in f["genes"][()]]
         grp = None
@@ -179,16 +221,34 @@ def fig_spatial(pred_file, sample, genes_show, models_show, labels, dpi, n_show=
                     grp, mask = f[k], s == sample
                     break
         if grp is None:
-            return None, [], []
+            return None
         if "genes" in grp:  # this fold's own columns
             genes = [g.decode() if isinstance(g, bytes) else str(g) for g in grp["genes"][()]]
         genes_show = [g for g in genes_show if g in genes][:n_show]
         if not genes_show:
-            return None, [], []
+            return None
         x, y = grp["x"][()][mask], grp["y"][()][mask]
         gi = [genes.index(g) for g in genes_show]
         truth = grp["truth"][()][mask][:, gi]
         preds = {m: grp["pred"][m][()][mask][:, gi] for m in models_show if m in grp["pred"]}
+    return x, y, genes_show, truth, preds
+
+
+def fig_spatial(pred_file, sample, genes_show, models_show, labels, dpi, n_show=None):
+    """Measured vs predicted expression maps of a few genes on one held-out sample.
+
+    ``genes_show`` are candidates in order; the first ``n_show`` (default all) that the sample's
+    fold predicted are drawn (with a per-fold gene selection a fold may lack some genes).
+    Returns ``(png, column titles, genes drawn)``."""
+    plt = _setup_mpl()
+    try:
+        got = _read_maps(pred_file, sample, genes_show, models_show, n_show)
+    except (OSError, KeyError, ValueError, IndexError) as e:
+        raise _corrupt(Path(pred_file), f"cannot read the maps of sample {sample!r} "
+                       f"({type(e).__name__}: {e})") from None
+    if got is None:
+        return None, [], []
+    x, y, genes_show, truth, preds = got
     cols = [("measured", truth)] + [(labels.get(m, m), v) for m, v in preds.items()]
     n = len(x)
     size = float(np.clip(9000.0 / max(n, 1), 1.5, 40.0))
@@ -375,8 +435,12 @@ def render_report(run_dir, out=None, run_name: str | None = None) -> Path:
     """
     import jinja2
 
+    from ..outputs import atomic_output, prepare_output
+
     run_dir = Path(run_dir)
     R = load_run(run_dir)
+    out = prepare_output(Path(out) if out is not None else run_dir / "report.html", "file",
+                         force=True)
     rep = R["config"].get("report") or {}
     dpi = int(rep.get("dpi", 100))
     budget = float(rep.get("max_mb", 5.0)) * 1e6
@@ -394,8 +458,6 @@ def render_report(run_dir, out=None, run_name: str | None = None) -> Path:
                              f"{budget / 1e6:.1f} MB budget even at {dpi} dpi. Lower "
                              "report.n_map_genes or raise report.max_mb.")
         dpi = max(40, int(dpi * 0.7))
-    out = Path(out) if out is not None else run_dir / "report.html"
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(html, encoding="utf-8")
-    tmp.replace(out)
+    with atomic_output(out, "file", force=True, what="report") as tmp:
+        tmp.write_text(html, encoding="utf-8")
     return out
