@@ -241,6 +241,7 @@ class _Writer:
     decimals: int | None = None
     float_format: str = "%.6g"
     n_clipped: int = 0
+    n_nan_embedding: int = 0
 
     def write(self, fh, rows, ids, samp, progress=None, task=None) -> int:
         import pandas as pd
@@ -261,7 +262,15 @@ class _Writer:
                 progress.advance(task, k)
         return n
 
+    def _count_nan_embedding(self, r) -> None:
+        """Cells whose embedding holds NaN are predicted from imputed features: count them."""
+        name = getattr(self.fb, "embedding_name_", None)
+        if name and f"embeddings/{name}" in self.f:
+            e = self.f[f"embeddings/{name}"][np.sort(r)]
+            self.n_nan_embedding += int(np.isnan(e).any(axis=1).sum())
+
     def _predict(self, r, ids, samp) -> np.ndarray:
+        self._count_nan_embedding(r)
         X = np.asarray(self.fb.transform(self.f, r), dtype=np.float32)
         P = np.asarray(self.model.predict(X), dtype=np.float64)
         if P.shape != (len(r), len(self.genes)):
@@ -381,6 +390,10 @@ def predict_submission(run, store, out, *, group: str = "validation,test",
                 except BaseException:
                     tmp.unlink(missing_ok=True)
                     raise
+    if writer.n_nan_embedding:
+        notes.append(f"WARNING: {writer.n_nan_embedding:,} of {len(rows):,} cells have NaN in the "
+                     f"embedding '{fb.embedding_name_}' and were predicted from imputed "
+                     "(training-median) features; check `tabst embed` for those cells")
     return PredictResult(out=out, model=name, n_cells=len(rows), n_genes=len(genes),
                          n_rows=n_written, n_clipped=writer.n_clipped, id_column=id_col,
                          group=",".join(groups) if groups else ALL_GROUPS,

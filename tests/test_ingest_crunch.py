@@ -478,6 +478,7 @@ def test_bad_expression_values_are_refused(tmp_path, bad):
     with pytest.raises(InputError) as e:
         ingest_crunch([t["path"]], out, tile=TILE, show_progress=False)
     msg = str(e.value)
-    assert f"cell_id {t['e_ids'][2]}" in msg and GENES[5] in msg and "row 3" in msg
-    assert ("negative" if bad < 0 else "not finite") in msg
+    assert f"cell_id '{t['e_ids'][2]}'" in msg and GENES[5] in msg and "row 3" in msg
+    assert "table 'anucleus' X value" in msg
+    assert {np.inf: "infinite", -1.0: "negative"}.get(bad, "missing or NaN") in msg
     assert not out.exists()

@@ -209,3 +209,27 @@ def test_cli(pipeline, tmp_path):
     assert "scorer check ok" in r.output and "each pair once" in r.output
     r = CliRunner().invoke(app, args)
     assert r.exit_code == 1 and "already exists" in r.output
+
+
+def test_nan_embedding_cells_are_counted_and_warned(pipeline, tmp_path):
+    import shutil
+
+    import h5py
+
+    store = pipeline["dir"] / "nan-emb.h5"  # beside the zarrs: the store's paths stay valid
+    shutil.copy(pipeline["store"], store)
+    cells = cells_frame(store)
+    scored = np.flatnonzero(cells["group"].isin(["validation", "test"]).to_numpy())
+    with h5py.File(store, "r+") as f:
+        (name,) = list(f["embeddings"])
+        ds = f[f"embeddings/{name}"]
+        for i in scored[:3]:
+            row = ds[i]
+            row[0] = np.nan
+            ds[i] = row
+    res = predict_submission(pipeline["run"], store, tmp_path / "n.csv", show_progress=False)
+    warn = [n for n in res.notes if n.startswith("WARNING")]
+    assert warn and f"3 of {len(scored):,} cells have NaN in the embedding" in warn[0]
+    clean = predict_submission(pipeline["run"], pipeline["store"], tmp_path / "c.csv",
+                               show_progress=False)
+    assert not [n for n in clean.notes if n.startswith("WARNING")]

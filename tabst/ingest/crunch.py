@@ -43,6 +43,7 @@ import numpy as np
 
 from ..errors import InputError, TabstError
 from .centroids import DEFAULT_TILE, Centroids, label_centroids  # noqa: F401 - public API
+from .checks import check_expression_block
 from .crunch_read import (  # noqa: F401 - public API
     EXPRESSION_TABLE,
     GROUP_TABLE,
@@ -81,21 +82,6 @@ def _append(ds, block: np.ndarray) -> None:
     n0 = ds.shape[0]
     ds.resize(n0 + len(block), axis=0)
     ds[n0:] = block
-
-
-def _check_values(vals: np.ndarray, rows: np.ndarray, ids: np.ndarray, genes: list, *, file,
-                  table: str, layer: str) -> None:
-    """Expression read from a table must be finite and >= 0 (log-normalised values and counts
-    alike); else one InputError naming the table row (1-based), the cell and the gene."""
-    bad = ~np.isfinite(vals) | (vals < 0)
-    if not bad.any():
-        return
-    i, j = (int(v[0]) for v in np.nonzero(bad))
-    what = "not finite" if not np.isfinite(vals[i, j]) else "negative"
-    raise InputError(f"table '{table}' {layer}: value {vals[i, j]!r} for gene {genes[j]!r} of "
-                     f"cell_id {ids[i]} is {what} ({int(bad.sum()):,} such values in this block).",
-                     file=file, row=int(rows[i]) + 1, column=genes[j],
-                     fix="expression must be finite and >= 0; fix or drop these cells upstream")
 
 
 class _Expression:
@@ -148,8 +134,12 @@ class _Expression:
                 block = np.full((len(er), len(self.genes)), np.nan, dtype=np.float32)
                 if ok.any():
                     vals = _dense_rows(m, er[ok])
-                    _check_values(vals, er[ok], ids[er[ok]] if ids is not None else er[ok],
-                                  cells.genes, file=file, table=self.table, layer=name)
+                    check_expression_block(
+                        vals, file=file, row_offset=None, genes=cells.genes, rows=er[ok] + 1,
+                        row_ids=ids[er[ok]] if ids is not None else None, id_label="cell_id",
+                        what=f"table '{self.table}' {name} value",
+                        negative_fix="Crunch expression (X and counts) must be >= 0; fix or drop "
+                                     "these cells upstream")
                     block[ok] = vals if order is None else vals[:, order]
                 _append(ds, block)
 
