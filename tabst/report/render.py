@@ -326,7 +326,7 @@ def _context(R: dict, run_dir: Path, dpi: int, run_name: str) -> dict:
             if m in agg.index:
                 samp_rows.append({"label": labels[m],
                                   "vals": [_fmt(agg.loc[m, s]) for s in samples]})
-    figs = {}
+    figs = dict.fromkeys(("per_sample", "genes", "cost", "spatial"))  # None = not drawn
     pg = R["per_gene"]
     if ok_models and not ps.empty:
         figs["per_sample"] = fig_per_sample(ps, ok_models, labels, primary, labels_m[primary], dpi)
@@ -351,7 +351,10 @@ def _context(R: dict, run_dir: Path, dpi: int, run_name: str) -> dict:
         best_genes = [to_row(r) for _, r in g.head(nb).iterrows()]
         worst_genes = [to_row(r) for _, r in g.tail(nb).iloc[::-1].iterrows()] if nb else []
         const_genes = g.loc[g["n_folds_constant_truth"] > 0, "gene"].tolist()
-        usable = g[g["n_folds_constant_truth"] == 0]
+        # genes measured as constant in every fold have nothing to map (a one-cell test sample
+        # makes every gene constant in its own fold only)
+        n_f = g["n_folds"] if "n_folds" in g else 1
+        usable = g[g["n_folds_constant_truth"] < n_f]
         map_genes = usable["gene"].tolist() if int(rep["n_map_genes"]) > 0 else []
     spatial_sample, spatial_cols = None, []
     if map_genes and ok_models:
