@@ -60,9 +60,16 @@ def timer():
 def progress(transient: bool = False, unit: str = "items"):
     """A rich progress bar with rate and ETA; use as ``with progress() as p: t = p.add_task(...)``.
 
-    Writes to stderr so that stdout stays clean for ``--json`` output.
+    Writes to stderr so that stdout stays clean for ``--json`` output. When stderr is not a
+    terminal (CI logs, ``| tee``) it prints occasional plain lines instead
+    (:class:`tabst.plain_progress.PlainProgress`).
     """
     from rich.console import Console
+
+    if not Console(stderr=True).is_terminal:
+        from .plain_progress import PlainProgress
+
+        return PlainProgress(unit=unit)
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
