@@ -354,6 +354,9 @@ def predict_submission(run, store, out, *, group: str = "validation,test",
     groups = parse_groups(group)
     name = choose_model(run, model)
     fdir = run / "features" / "all"
+    from .safeio import check_legacy_file
+
+    check_legacy_file(fdir)  # an older run's pickled features/all.joblib: refused, never loaded
     if not (fdir / "features.json").exists():
         raise TabstError(f"{run}: no features/all (the feature builder of the refit). Re-run "
                          "`tabst compare` with refit_all: true.")

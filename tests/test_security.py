@@ -194,6 +194,13 @@ def test_legacy_joblib_feature_builder_refused(fold, tiny_run, tmp_path):
     with pytest.raises(UnsafeFileError) as ei:
         FeatureBuilder.load(run / "features" / fold)
     assert_refused(ei, f"{fold}.joblib", marker)
+    if fold == "all":  # predict names the pickle too, not "no features/all"
+        from tabst.predict import predict_submission
+
+        with pytest.raises(UnsafeFileError) as ei:
+            predict_submission(run, tiny_run["store"], tmp_path / "s.csv", group="all",
+                               show_progress=False)
+        assert_refused(ei, "all.joblib", marker)
 
 
 def test_pickle_as_features_npz_refused(tiny_run, tmp_path):
