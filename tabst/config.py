@@ -232,17 +232,14 @@ def validate_config(cfg: dict, source: str = "config") -> dict:
             raise TabstError(f"{source}: key 'params.{m}' must be a mapping of parameters, got "
                              f"{p!r}.")
         allowed = model_defaults(REGISTRY[m])
-        for k, v in p.items():
+        for k in p:
             if k not in allowed:
                 raise TabstError(f"{source}: unknown key 'params.{m}.{k}'. Parameters of {m}: "
                                  f"{', '.join(sorted(allowed))}.")
-            if not _param_type_ok(v, allowed[k]):
-                raise TabstError(f"{source}: key 'params.{m}.{k}' must be like the default "
-                                 f"{allowed[k]!r} ({type(allowed[k]).__name__}), got {v!r}.")
-        try:  # values the model itself refuses (e.g. ridge.precision, tabnet.batch_size)
-            REGISTRY[m](**p)
-        except TabstError as e:
-            raise TabstError(f"{source}: key 'params.{m}': {e}") from None
+    if out["seed"] < 0:
+        raise TabstError(f"{source}: key 'seed' must be an integer >= 0, got {out['seed']!r}.")
+    for m in dict.fromkeys(models + list(out["params"])):
+        _check_model_params(out, m, source)
     # feature set (validated by the feature builder)
     from .dataset import validate_spec
 
@@ -283,24 +280,20 @@ def model_defaults(cls) -> dict:
     return {**COMMON_DEFAULTS, **getattr(cls, "DEFAULTS", {})}
 
 
-def _param_type_ok(value, default) -> bool:
-    if default is None or value is None:
-        return True
-    if isinstance(default, bool):
-        return isinstance(value, bool)
-    if isinstance(default, int):
-        return isinstance(value, int) and not isinstance(value, bool)
-    if isinstance(default, float):
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if default == "auto":  # "auto", another word (device: cpu/cuda) or a number; the model checks
-        return isinstance(value, (str, int, float)) and not isinstance(value, bool)
-    if isinstance(default, str):
-        return isinstance(value, str)
-    if isinstance(default, (list, tuple)):
-        return isinstance(value, (list, tuple))
-    if isinstance(default, dict):
-        return isinstance(value, dict)
-    return True
+def _check_model_params(cfg: dict, name: str, source: str) -> None:
+    """Build model ``name`` from the config (its rules check every parameter, see
+    :mod:`tabst.models.params`): a bad value stops the run before anything is fitted, with a
+    message naming the key."""
+    from .models import REGISTRY
+    from .models.params import ParamError
+
+    try:
+        REGISTRY[name](**model_params(cfg, name))
+    except ParamError as e:
+        raise TabstError(f"{source}: key 'params.{e.model}.{e.param}' (--set {e.model}.{e.param}) "
+                         f"must be {e.allowed}, got {e.value!r}.") from None
+    except TabstError as e:
+        raise TabstError(f"{source}: key 'params.{name}': {e}") from None
 
 
 def load_config(name_or_path=None, overrides: Iterable[str] = (), **cli) -> dict:

@@ -12,7 +12,10 @@ parameter with its default; ``load_model(dir)`` (= ``TabstModel.load(dir)``) loa
 
 Every model (``tabst.models.base.TabstModel``)
 ----------------------------------------------
-- ``Model(**params)`` stores params only (unknown names → ``TabstError`` listing valid ones).
+- ``Model(**params)`` stores params only (unknown names → ``TabstError`` listing valid ones)
+  and checks every value against its rule (``Model.RULES`` + ``params.COMMON_RULES``, applied
+  by :func:`tabst.models.params.check_param`): a bad one → ``ParamError`` (a ``TabstError``)
+  naming ``model.param``, the value and what is allowed.
   Common params (``COMMON_DEFAULTS``): ``codec`` ("identity" | "pca"), ``codec_k`` (32),
   ``seed`` (0). Per-model params and defaults: ``Model.DEFAULTS`` (see each class docstring).
   Default codec: "pca" for xgboost, tabnet, tree; "identity" for ridge, mean.

@@ -38,6 +38,7 @@ from ..codec import codec_from_state, make_codec
 from ..errors import TabstError
 from ..safeio import check_no_pickles, load_npz
 from ..util import atomic_dir, json_default
+from .params import COMMON_RULES, check_param
 
 COMMON_DEFAULTS = {"codec": "identity", "codec_k": 32, "seed": 0}
 IMPUTE_MAX_ROWS = 4096
@@ -157,14 +158,17 @@ class TabstModel:
     """Base class: parameters, imputation, target codec, timing, persistence.
 
     Subclasses set ``name`` (registry key), ``DEFAULTS`` (their own params; the common ones
-    ``codec``, ``codec_k``, ``seed`` are added), ``handles_nan``, and implement ``_fit(X, Z,
-    groups)``, ``_predict(X) -> Z``, ``_explain(X) -> (values [n, F, k], base [k], method)``,
-    ``_state() -> dict of arrays`` / ``_set_state(dict)``, and optionally ``_save_files(dir)`` /
+    ``codec``, ``codec_k``, ``seed`` are added), ``RULES`` (a
+    :func:`tabst.models.params.check_param` rule for each own parameter, checked at
+    construction), ``handles_nan``, and implement ``_fit(X, Z, groups)``, ``_predict(X) -> Z``,
+    ``_explain(X) -> (values [n, F, k], base [k], method)``, ``_state() -> dict of arrays`` /
+    ``_set_state(dict)``, and optionally ``_save_files(dir)`` /
     ``_load_files(dir)`` for library-specific model files.
     """
 
     name = "base"
     DEFAULTS: dict = {}
+    RULES: dict = {}
     handles_nan = False
 
     def __init__(self, **params):
@@ -178,8 +182,15 @@ class TabstModel:
         self._check_params()
 
     def _check_params(self) -> None:
-        """Raise :class:`TabstError` for a parameter value the model cannot use (called at
-        construction, so that ``compare`` refuses a bad config before fitting anything)."""
+        """Raise :class:`tabst.models.params.ParamError` for a parameter value the model cannot
+        use (called at construction, so that ``compare`` refuses a bad config before fitting
+        anything): every parameter against its rule in ``COMMON_RULES`` / ``RULES``. Subclasses
+        add checks that involve several parameters after calling this."""
+        rules = {**COMMON_RULES, **type(self).RULES}
+        for key, value in self.params.items():
+            if key not in rules:  # a new parameter must come with its rule
+                raise TypeError(f"{type(self).__name__}: no rule for parameter {key!r} (RULES)")
+            check_param(f"{self.name}.{key}", value, **rules[key])
 
     # --- parameters ------------------------------------------------------------------------------
     def get_params(self) -> dict:

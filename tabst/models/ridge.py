@@ -189,20 +189,19 @@ class RidgeModel(TabstModel):
 
     name = "ridge"
     DEFAULTS = {"alphas": None, "cv": 8, "batch_rows": 8192, "precision": "auto"}
+    RULES = {"alphas": {"kind": "floats", "low": 0, "low_open": True, "none_ok": True},
+             "cv": {"kind": "int", "low": 2},
+             "batch_rows": {"kind": "int", "low": 1},
+             "precision": {"kind": "word", "choices": ("auto", "float32", "float64")}}
 
     # --- folds -------------------------------------------------------------------------------
     def _alphas(self) -> np.ndarray:
         a = self.params["alphas"]
-        a = np.asarray(DEFAULT_ALPHAS if a is None else a, dtype=np.float64).ravel()
-        if a.size < 1 or not np.all(a > 0):
-            raise TabstError("ridge: alphas must be a non-empty list of positive numbers.")
-        return np.sort(a)
+        return np.sort(np.asarray(DEFAULT_ALPHAS if a is None else a, dtype=np.float64).ravel())
 
     def _group_folds(self, uniq_groups, sizes):
         """Samples → fold index (LOSO when few samples, else balanced GroupKFold rule)."""
-        k = int(self.params["cv"])
-        if k < 2:
-            raise TabstError("ridge: cv must be >= 2.")
+        k = int(self.params["cv"])  # >= 2 (RULES)
         if len(uniq_groups) <= k:
             return {g: i for i, g in enumerate(uniq_groups)}
         order = np.argsort(-np.asarray(sizes), kind="stable")
@@ -222,13 +221,6 @@ class RidgeModel(TabstModel):
         fold = np.empty(n, dtype=np.int64)
         fold[perm] = np.arange(n) % k
         return fold
-
-    def _check_params(self):
-        p = self.params["precision"]
-        if p not in ("auto", "float32", "float64"):
-            raise TabstError("ridge: precision must be 'auto', 'float32' or 'float64', "
-                             f"got {p!r}.")
-
 
     # --- fitting -----------------------------------------------------------------------------
     def _fit(self, X, Z, groups):

@@ -10,6 +10,7 @@ import numpy as np
 
 from ..errors import TabstError
 from .base import TabstModel, inner_split, resolve_device
+from .params import DEVICE_RULE, ParamError
 
 
 class TabNetModel(TabstModel):
@@ -65,6 +66,22 @@ class TabNetModel(TabstModel):
                 "pretrain_epochs": 20, "pretrain_patience": 5, "grouped_features": None,
                 "val_fraction": 0.2, "device": "auto", "num_workers": 0, "explain_steps": 32,
                 "codec": "pca"}
+    _COUNT = {"kind": "int", "low": 1}
+    _FRACTION = {"kind": "float", "low": 0, "low_open": True, "high": 1, "high_open": True}
+    RULES = {"n_d": _COUNT, "n_a": _COUNT, "n_steps": _COUNT,
+             "gamma": {"kind": "float", "low": 1},
+             "n_independent": {"kind": "int", "low": 0}, "n_shared": {"kind": "int", "low": 0},
+             "lambda_sparse": {"kind": "float", "low": 0},
+             "mask_type": {"kind": "word", "choices": ("sparsemax", "entmax")},
+             "learning_rate": {"kind": "float", "low": 0, "low_open": True},
+             "max_epochs": _COUNT, "patience": {"kind": "int", "low": 0},
+             "batch_size": {"kind": "int", "low": 1, "choices": ("auto",)},
+             "virtual_batch_size": _COUNT, "pretrain": {"kind": "bool"},
+             "pretraining_ratio": _FRACTION, "pretrain_epochs": _COUNT,
+             "pretrain_patience": {"kind": "int", "low": 0},
+             "grouped_features": {"kind": "words", "none_ok": True},
+             "val_fraction": _FRACTION, "device": DEVICE_RULE,
+             "num_workers": {"kind": "int", "low": 0}, "explain_steps": _COUNT}
 
     # --- helpers -------------------------------------------------------------------------------
     def _arch(self) -> dict:
@@ -91,10 +108,12 @@ class TabNetModel(TabstModel):
         return out
 
     def _check_params(self):
-        bs = self.params["batch_size"]
-        if bs != "auto" and (isinstance(bs, bool) or not isinstance(bs, (int, np.integer))
-                             or bs < 1):
-            raise TabstError(f"tabnet: batch_size must be 'auto' or a positive integer, got {bs!r}.")
+        super()._check_params()
+        p = self.params
+        if p["n_independent"] + p["n_shared"] < 1:  # pytorch-tabnet: "can't be both zero"
+            raise ParamError("tabnet", "n_shared", p["n_shared"],
+                             "an integer >= 1 when n_independent is 0 (TabNet needs at least "
+                             "one feature-transformer layer)")
 
     @staticmethod
     def _clamp(bs, vbs: int, n: int, cap: int | None = None):

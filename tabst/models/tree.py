@@ -5,6 +5,7 @@ import numpy as np
 
 from ..errors import TabstError
 from .base import TabstModel
+from .params import ParamError
 
 
 class TreeModel(TabstModel):
@@ -12,7 +13,9 @@ class TreeModel(TabstModel):
 
     Parameters (``DEFAULTS``)
     -------------------------
-    max_depth : int, 6.   min_samples_leaf : int, 20.   max_features : None (all).
+    max_depth : int >= 1 or None (unlimited), 6.   min_samples_leaf : int >= 1, 20.
+    max_features : None (all), "sqrt", "log2", an int >= 1 (features per split) or a float in
+    (0, 1] (fraction of them).
     ccp_alpha : float, 0.0 (cost-complexity pruning).
     codec : "pca" (default) | "identity";  codec_k : 32;  seed : 0 (``random_state``).
 
@@ -37,6 +40,19 @@ class TreeModel(TabstModel):
     name = "tree"
     DEFAULTS = {"max_depth": 6, "min_samples_leaf": 20, "max_features": None, "ccp_alpha": 0.0,
                 "codec": "pca"}
+    RULES = {"max_depth": {"kind": "int", "low": 1, "none_ok": True},
+             "min_samples_leaf": {"kind": "int", "low": 1},
+             # an integer: how many features per split; a float: which fraction of them
+             "max_features": {"kind": "float", "low": 0, "low_open": True,
+                              "choices": ("sqrt", "log2"), "none_ok": True},
+             "ccp_alpha": {"kind": "float", "low": 0}}
+
+    def _check_params(self):
+        super()._check_params()
+        mf = self.params["max_features"]
+        if isinstance(mf, (float, np.floating)) and mf > 1:  # a fraction above 1
+            raise ParamError("tree", "max_features", mf, "null, 'sqrt', 'log2', an integer >= 1 "
+                             "(features per split) or a number > 0 and <= 1 (a fraction of them)")
 
     def _estimator(self):
         """An unfitted ``DecisionTreeRegressor`` with this model's parameters."""

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import TabstError
 from .base import TabstModel, inner_split, resolve_device
+from .params import DEVICE_RULE
 
 
 class XGBoostModel(TabstModel):
@@ -19,7 +19,7 @@ class XGBoostModel(TabstModel):
     colsample_bytree : 0.8.  reg_lambda : 1.0.  reg_alpha : 0.0.  max_bin : 256.
     early_stopping_rounds : 30 (0/None disables early stopping and the inner split).
     val_fraction : 0.2 (fraction of the training *samples* held out for early stopping).
-    n_jobs : 0 (all cores).  device : "auto" ("cuda" when torch sees a GPU, else "cpu").
+    n_jobs : 0 (all cores; -1 too).  device : "auto" ("cuda" when torch sees a GPU, else "cpu").
     codec : "pca" (default) | "identity";  codec_k : 32;  seed : 0.
 
     Always ``tree_method="hist"`` and ``multi_strategy="one_output_per_tree"`` (shap and
@@ -48,6 +48,19 @@ class XGBoostModel(TabstModel):
                 "reg_lambda": 1.0, "reg_alpha": 0.0, "max_bin": 256,
                 "early_stopping_rounds": 30, "val_fraction": 0.2, "n_jobs": 0,
                 "device": "auto", "codec": "pca"}
+    _UNIT = {"kind": "float", "low": 0, "low_open": True, "high": 1}   # (0, 1]
+    RULES = {"n_estimators": {"kind": "int", "low": 1},
+             "learning_rate": _UNIT,
+             "max_depth": {"kind": "int", "low": 1},
+             "min_child_weight": {"kind": "float", "low": 0},
+             "subsample": _UNIT, "colsample_bytree": _UNIT,
+             "reg_lambda": {"kind": "float", "low": 0}, "reg_alpha": {"kind": "float", "low": 0},
+             "max_bin": {"kind": "int", "low": 2},
+             "early_stopping_rounds": {"kind": "int", "low": 0, "none_ok": True},
+             "val_fraction": {"kind": "float", "low": 0, "low_open": True, "high": 1,
+                              "high_open": True},
+             "n_jobs": {"kind": "int", "low": -1},
+             "device": DEVICE_RULE}
 
     def _booster_params(self, n_outputs: int) -> dict:
         p = self.params
@@ -67,9 +80,7 @@ class XGBoostModel(TabstModel):
         p = self.params
         self.device_ = resolve_device(p["device"])
         es = p["early_stopping_rounds"]
-        rounds = int(p["n_estimators"])
-        if rounds < 1:
-            raise TabstError("xgboost: n_estimators must be >= 1.")
+        rounds = int(p["n_estimators"])  # >= 1 (RULES)
         if es:
             tr, va, self.inner_split_ = inner_split(X.shape[0], groups, seed=p["seed"],
                                                     frac_groups=p["val_fraction"])
