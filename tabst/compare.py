@@ -13,7 +13,10 @@ For each fold (by sample, see :func:`tabst.evaluate.make_folds`):
 3. the predictions are scored with the challenge metrics and written to ``predictions.h5``.
 
 The ``mean`` baseline is always included. A model that raises is recorded with its error (the
-traceback goes to ``logs/<model>.log``) and the others go on.
+traceback goes to ``logs/<model>.log``) and the others go on. The leaderboard ranks only the
+models that finished every fold and refuses a metric a fold cannot define (the cell-wise
+Spearman with fewer than 2 genes), ranking by the next one and saying so
+(:mod:`tabst.leaderboard`; notes in ``run.json`` ``leaderboard_notes``).
 
 Run folder (written into a hidden temp folder beside it and renamed when complete)::
 
@@ -50,8 +53,17 @@ import numpy as np
 
 from .config import dump_config, load_config, model_params
 from .errors import StoreError, TabstError
-from .evaluate import METRIC_DIRECTION, METRIC_LABEL, METRICS, make_folds, mean_sd, score_fold
+from .evaluate import METRIC_DIRECTION, METRIC_LABEL, METRICS, make_folds, score_fold
+from .leaderboard import (
+    genes_label,
+    leaderboard_frame,
+    leaderboard_notes,
+    leaderboard_table,
+    per_gene_frame,
+    refuse_undefined,
+)
 from .outputs import is_fatal_io
+from .run_inputs import feature_spec, resolve_embedding, resolve_region_column
 from .store import now_utc, opened, put, read_strings
 from .util import atomic_dir, json_default, progress
 
@@ -88,63 +100,6 @@ def _attrs(obj) -> dict:
             v = None
         out[k] = v
     return out
-
-
-def resolve_embedding(f, cfg: dict) -> str | None:
-    """Name of the ``/embeddings/<name>`` this run uses (see ``embedding`` in the config)."""
-    embs = sorted(f["embeddings"].keys()) if "embeddings" in f else []
-    feats = cfg.get("features") or {}
-    if "embedding" in feats and feats["embedding"] is None:
-        return None
-    if isinstance(feats.get("embedding"), dict) and feats["embedding"].get("name") not in (None,
-                                                                                        "auto"):
-        return str(feats["embedding"]["name"])
-    want = cfg.get("embedding")
-    if want:
-        if want not in embs:
-            raise StoreError(f"{f.filename}: no embedding {want!r} (config key 'embedding'). The "
-                             f"store has: {', '.join(embs) or 'none'}. Compute it with "
-                             "`tabst embed`, or --set embedding=NAME.")
-        return want
-    complete = [n for n in embs if bool(f["embeddings"][n].attrs.get("complete", True))]
-    if len(complete) <= 1:
-        return complete[0] if complete else None
-    embs = complete
-    e = cfg.get("embed") or {}
-    match = [n for n in embs
-             if str(f["embeddings"][n].attrs.get("layer", "")) == str(e.get("layer"))
-             and int(f["embeddings"][n].attrs.get("patch_size", -1))
-             == int(e.get("patch_size", -2))]
-    if len(match) == 1:
-        return match[0]
-    raise StoreError(f"{f.filename}: several embeddings ({', '.join(embs)}) and the config does "
-                     "not say which to use. Pass --set embedding=NAME (config key 'embedding').")
-
-
-def feature_spec(cfg: dict, embedding: str | None) -> dict:
-    """The FeatureBuilder spec of the run: the config's ``features`` (validated by
-    :func:`tabst.dataset.validate_spec`) with ``embedding.name: auto`` replaced by the embedding
-    chosen by :func:`resolve_embedding`."""
-    from .dataset import validate_spec
-
-    spec = validate_spec(cfg.get("features") or {})
-    if spec["embedding"] is not None and spec["embedding"].get("name") in (None, "auto"):
-        if embedding is None:
-            raise StoreError("the feature set uses an image embedding but the store has none in "
-                             "/embeddings. Run `tabst embed STORE`, or set features.embedding: "
-                             "null (--set features.embedding=null).")
-        spec["embedding"]["name"] = embedding
-    return spec
-
-
-def resolve_region_column(f, cfg) -> str | None:
-    """The ``/cells`` column of regions for the cell-wise averages: ``region_column`` as
-    configured; ``auto`` = ``/cells/region`` when the store has one (a Crunch store does), else
-    none (region = sample)."""
-    col = cfg["region_column"]
-    if col == "auto":
-        return "region" if "cells/region" in f else None
-    return col or None
 
 
 def _fold_record(fd, regions) -> dict:
@@ -373,7 +328,9 @@ def _compare_in(f, cfg, tmp: Path, REGISTRY, FeatureBuilder, load_targets, rows_
                         model.save(tmp / "models" / name / f"fold_{fold.k}")
                     sc = score_fold(Yte, P, samples[fold.test],
                                     None if regions is None else regions[fold.test])
-                    rec.update(sc.metrics(), fit_seconds=float(model.fit_seconds_),
+                    metrics = sc.metrics()  # a metric the fold cannot define -> NaN
+                    refuse_undefined(metrics, sc.per_sample, len(genes_k))
+                    rec.update(metrics, fit_seconds=float(model.fit_seconds_),
                                predict_seconds=predict_s,
                                peak_mem_mb=float(getattr(model, "peak_mem_mb_", np.nan)))
                     gene_scores[name][fold.k] = (sc.per_gene.per_gene, sc.per_gene_mse,
@@ -440,10 +397,10 @@ def _compare_in(f, cfg, tmp: Path, REGISTRY, FeatureBuilder, load_targets, rows_
                                            "cellwise_spearman", "genewise_pearson", "mse"])
     ps.insert(1, "label", ps["model"].map(labels))
     ps.to_csv(tmp / "per_sample.csv", index=False)
-    _per_gene_frame(gene_scores, genes, labels, [fd.k for fd in folds]) \
+    per_gene_frame(gene_scores, genes, labels, [fd.k for fd in folds]) \
         .to_csv(tmp / "per_gene.csv", index=False)
     lb = leaderboard_frame(pf, cfg["primary_metric"], codecs, refit,
-                           genes_label=_genes_label(gsel, sel_fold, G_store))
+                           genes_label=genes_label(gsel, sel_fold, G_store))
     lb.to_csv(tmp / "leaderboard.csv", index=False)
     emb_attrs = _attrs(f["embeddings"][emb_name]) if emb_name else None
     gene_info = {**gsel, "label": selection_label(gsel), "n_store_genes": G_store,
@@ -465,7 +422,9 @@ def _compare_in(f, cfg, tmp: Path, REGISTRY, FeatureBuilder, load_targets, rows_
             "embedding": {"name": emb_name, "attrs": emb_attrs} if emb_name else None,
             "feature_spec": spec, "features": feature_info, "refit": refit,
             "labels": labels, "timing": {k: round(v, 3) for k, v in timing.items()},
-            "n_failed": int((lb["status"] != "ok").sum())}
+            "n_failed": int((lb["status"] != "ok").sum()),
+            "ranked_by": str(lb["ranked_by"].iloc[0]),
+            "leaderboard_notes": leaderboard_notes(lb, pf, cfg["primary_metric"])}
 
 
 class _Null:
@@ -482,97 +441,6 @@ def _codec_label(model) -> str:
     return f"pca{p.get('codec_k')}" if c == "pca" else str(c)
 
 
-def _per_gene_frame(gene_scores, genes, labels, fold_ids):
-    """One row per model x gene predicted in at least one of the model's successful folds.
-
-    With a per-fold gene selection a gene counts only in the folds that selected it:
-    ``pearson_mean`` / ``pearson_sd`` / ``mse_mean`` are over those folds (``n_folds`` of them),
-    ``pearson_fold_<k>`` is empty where fold k did not select the gene."""
-    import pandas as pd
-
-    frames = []
-    G = len(genes)
-    for name, by_fold in gene_scores.items():
-        if not by_fold:
-            continue
-        ks = sorted(by_fold)
-        r, e, ct, cp = (np.full((len(ks), G), np.nan) for _ in range(4))
-        seen = np.zeros((len(ks), G), dtype=bool)
-        for i, k in enumerate(ks):
-            pr, pe, pct, pcp, idx = by_fold[k]
-            r[i, idx], e[i, idx] = pr, pe
-            ct[i, idx], cp[i, idx] = pct, pcp
-            seen[i, idx] = True
-        n = seen.sum(0)
-        keep = n > 0
-        with np.errstate(invalid="ignore", divide="ignore"):
-            import warnings
-
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)
-                sd = np.where(n > 1, np.nanstd(r, axis=0, ddof=1), 0.0)
-                d = {"model": name, "label": labels[name], "gene": list(np.asarray(genes)[keep]),
-                     "pearson_mean": np.nanmean(r, 0)[keep], "pearson_sd": sd[keep],
-                     "mse_mean": np.nanmean(e, 0)[keep], "n_folds": n[keep],
-                     "n_folds_constant_truth": np.nansum(ct, 0)[keep].astype(int),
-                     "n_folds_constant_pred": np.nansum(cp, 0)[keep].astype(int)}
-        for i, k in enumerate(ks):
-            d[f"pearson_fold_{k}"] = r[i][keep]
-        frames.append(pd.DataFrame(d))
-    if not frames:
-        return pd.DataFrame(columns=["model", "label", "gene", "pearson_mean", "pearson_sd",
-                                     "mse_mean", "n_folds", "n_folds_constant_truth",
-                                     "n_folds_constant_pred"])
-    return pd.concat(frames, ignore_index=True)
-
-
-def _genes_label(gsel: dict, sel_fold: dict, n_store: int) -> str:
-    """Leaderboard text of the gene selection, e.g. ``hvg:50 variance (50/8000 per fold)``."""
-    n = sorted({len(v) for v in sel_fold.values()})
-    per = str(n[0]) if len(n) == 1 else f"{n[0]}-{n[-1]}"
-    if gsel["select"] == "all":
-        return f"all ({n_store})"
-    if gsel["select"] == "list":
-        return f"list {Path(gsel['file']).name} ({per}/{n_store})"
-    return f"hvg:{gsel['k']} {gsel['flavor']} ({per}/{n_store} per fold)"
-
-
-def leaderboard_frame(pf, primary: str, codecs: dict, refit: dict, genes_label: str = ""):
-    """One row per model from the per-fold table, sorted by ``primary`` (failed models last).
-    ``genes_label``: the run's gene selection (column ``genes``; every fold is scored on the
-    genes it selected)."""
-    import pandas as pd
-
-    rows = []
-    for name, d in pf.groupby("model", sort=False):
-        ok = d[d["status"] == "ok"]
-        n, n_ok = len(d), len(ok)
-        status = "ok" if n_ok == n else ("failed" if n_ok == 0 else f"partial ({n_ok}/{n} folds)")
-        errors = [e for e in d["error"].tolist() if isinstance(e, str) and e]
-        row = {"model": name, "label": d["label"].iloc[0], "codec": codecs.get(name, ""),
-               "genes": genes_label, "status": status, "error": errors[0] if errors else "",
-               "n_folds": n, "n_folds_ok": n_ok}
-        for m in METRICS:
-            row[f"{m}_mean"], row[f"{m}_sd"] = mean_sd(ok[m].tolist())
-        row["n_const_truth_genes"] = int(ok["n_const_truth_genes"].max()) if n_ok else 0
-        row["fit_seconds"] = float(ok["fit_seconds"].mean()) if n_ok else np.nan
-        row["predict_seconds"] = float(ok["predict_seconds"].mean()) if n_ok else np.nan
-        row["peak_mem_mb"] = float(ok["peak_mem_mb"].max()) if n_ok else np.nan
-        row["n_features"] = int(d["n_features"].iloc[0]) if pd.notna(d["n_features"].iloc[0]) \
-            else 0
-        row["refit"] = (refit.get(name) or {}).get("status", "off")
-        rows.append(row)
-    lb = pd.DataFrame(rows)
-    key = f"{primary}_mean"
-    sign = METRIC_DIRECTION[primary]
-    lb["_failed"] = lb["n_folds_ok"] == 0
-    lb["_key"] = -sign * lb[key]
-    lb = lb.sort_values(["_failed", "_key"], na_position="last", kind="stable") \
-        .drop(columns=["_failed", "_key"]).reset_index(drop=True)
-    lb.insert(0, "rank", np.arange(1, len(lb) + 1))
-    return lb
-
-
 def _run_record(cfg, store_path: Path, info: dict, command) -> dict:
     import h5py
 
@@ -585,6 +453,7 @@ def _run_record(cfg, store_path: Path, info: dict, command) -> dict:
         "kind": "tabst compare run", "complete": True, "created_utc": now_utc(),
         "command": list(command) if command is not None else list(sys.argv),
         "config_name": cfg["name"], "primary_metric": cfg["primary_metric"],
+        "ranked_by": info["ranked_by"], "leaderboard_notes": info["leaderboard_notes"],
         "metric_labels": METRIC_LABEL, "metric_direction": METRIC_DIRECTION,
         "unsafe_random_split": bool(cfg["unsafe_random_split"]), "folds_scheme": cfg["folds"],
         "folds": info["folds"], "group_column": cfg["group_column"],
@@ -610,68 +479,5 @@ def _run_record(cfg, store_path: Path, info: dict, command) -> dict:
     }
 
 
-
-
-# --------------------------------------------------------------------------------------------
-# terminal table
-# --------------------------------------------------------------------------------------------
-def leaderboard_table(run_dir):
-    """A rich Table of ``leaderboard.csv``: best value per metric in bold green, primary metric
-    first, unsafe split / failures flagged."""
-    import pandas as pd
-    from rich.table import Table
-
-    run_dir = Path(run_dir)
-    lb = pd.read_csv(run_dir / "leaderboard.csv", keep_default_na=True)
-    run = json.loads((run_dir / "run.json").read_text())
-    primary = run["primary_metric"]
-    order = [primary] + [m for m in METRICS if m != primary]
-    title = f"tabst compare · {run['config_name']} · folds: {run['folds_scheme']}"
-    gs = run.get("gene_selection") or {}
-    genes_txt = ""
-    if gs.get("select", "all") == "hvg":
-        genes_txt = f"genes: hvg:{gs.get('k')} {gs.get('flavor')} (per fold, training rows); "
-    elif gs.get("select", "all") == "list":
-        genes_txt = f"genes: list {Path(str(gs.get('file'))).name}; "
-    if run.get("unsafe_random_split"):
-        title += " · [bold red]UNSAFE RANDOM SPLIT (leaky)[/]"
-    from rich import box
-
-    short = {"cellwise_spearman": "cell Spearman", "genewise_pearson": "gene Pearson",
-             "mse": "MSE"}
-    t = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD,
-              caption=genes_txt + "mean ± sd over folds; best in bold green; ★ ranks the table; "
-                      "fit s = mean per fold", caption_justify="left")
-    t.add_column("#", justify="right")
-    t.add_column("model", no_wrap=True)
-    for m in order:
-        arrow = "↑" if METRIC_DIRECTION[m] > 0 else "↓"
-        t.add_column(f"{short[m]} {arrow}" + ("★" if m == primary else ""), justify="right",
-                     min_width=8)
-    t.add_column("fit s", justify="right")
-    t.add_column("pred s", justify="right")
-    t.add_column("MB", justify="right")
-    t.add_column("status")
-    best = {}
-    for m in METRICS:
-        v = lb[f"{m}_mean"].to_numpy(dtype=float)
-        if np.isfinite(v).any():
-            best[m] = np.nanmax(v) if METRIC_DIRECTION[m] > 0 else np.nanmin(v)
-    for _, r in lb.iterrows():
-        cells = [str(r["rank"]), str(r["label"])]
-        for m in order:
-            mu, sd = r[f"{m}_mean"], r[f"{m}_sd"]
-            if not np.isfinite(mu):
-                cells.append("—")
-                continue
-            s = f"{mu:.4f}\n[dim]±{sd:.3f}[/]"
-            if m in best and np.isclose(mu, best[m]):
-                s = f"[bold green]{mu:.4f}[/]" + s[len(f"{mu:.4f}"):]
-            cells.append(s)
-        for c, fmt in (("fit_seconds", "{:.2f}"), ("predict_seconds", "{:.3f}"),
-                       ("peak_mem_mb", "{:.0f}")):
-            cells.append(fmt.format(r[c]) if np.isfinite(r[c]) else "—")
-        st = str(r["status"])
-        cells.append(st if st == "ok" else f"[red]{st}[/]")
-        t.add_row(*cells)
-    return t
+__all__ = ["run_compare", "leaderboard_frame", "leaderboard_table", "resolve_embedding",
+           "feature_spec", "package_versions"]
