@@ -6,7 +6,8 @@ Public API::
     html = run_explain("runs/demo", top_genes=5, cells=600)        # writes attributions.h5 too
     top_readable_feature("runs/demo", "GENE3")                     # e.g. "nucleus_area"
 
-Modules: :mod:`.run` (which model explains which cell, gene choice, entry points),
+Modules: :mod:`.run` (which model explains which cell, entry points), :mod:`.runfolder` (the
+run folder, gene choice, the check that a store is the run's),
 :mod:`.attribution` (model explain + additivity check + ``attributions.h5``), :mod:`.grouping`
 (group sums, readable rankings), :mod:`.report` / :mod:`.plots` / :mod:`.gallery` (the offline
 HTML report).
