@@ -17,7 +17,8 @@ Keys (everything optional in a file; missing keys take the defaults of :data:`DE
 ``models``
     Registry names to compare (``mean`` is always added).
 ``params``
-    Per-model parameters, ``params.<model>.<param>`` (checked against the model's defaults).
+    Per-model parameters, ``params.<model>.<param>``: names checked against the model's
+    defaults, values against its rules (:mod:`tabst.models.params`), for every model listed.
     On the command line ``--set ridge.alphas=[0.1,1]`` is short for ``params.ridge.alphas``.
 ``folds``
     ``leave-one-sample-out`` | ``group-kfold:K`` | ``random:K`` (needs ``unsafe_random_split``).

@@ -33,7 +33,7 @@ def _bad_values(rule: dict) -> list:
     elif kind == "floats":
         out += ["hello", [], [1, "x"]] + ([[low]] if rule.get("low_open") else [[low - 1]])
     elif kind == "words":
-        out += [5, []]
+        out += [5, ["embedding", 3], [""]]
     return out
 
 
@@ -48,7 +48,7 @@ CASES = list(_cases())
 # the values issue 13 reported, plus cross-parameter and special cases
 REPORTED = [("ridge", "alphas", "hello"), ("ridge", "cv", -1), ("tree", "max_depth", -3),
             ("ridge", "alphas", [0.1, -1]), ("tree", "max_features", 3.5),
-            ("xgboost", "device", "gpu"), ("tabnet", "batch_size", True),
+            ("xgboost", "device", "tpu"), ("tabnet", "batch_size", True),
             ("mean", "codec", "pca0"), ("xgboost", "learning_rate", 0)]
 
 

@@ -94,8 +94,7 @@ def _value_ok(kind: str, value, low, high, low_open, high_open) -> bool:
                 and all(_number_ok(v, False, low, high, low_open, high_open) for v in value))
     if kind == "words":
         items = [value] if isinstance(value, str) else value
-        return (isinstance(items, (list, tuple)) and len(items) > 0
-                and all(isinstance(v, str) and v for v in items))
+        return isinstance(items, (list, tuple)) and all(isinstance(v, str) and v for v in items)
     return False  # "word": only choices / pattern
 
 
@@ -112,7 +111,7 @@ def check_param(name: str, value, kind: str, *, low=None, high=None, low_open: b
     kind : {"int", "float", "bool", "word", "floats", "words"}
         ``int``: an integer (not a bool); ``float``: a finite number; ``floats``: a non-empty
         list of finite numbers (``low`` / ``high`` apply to each); ``words``: a name or a
-        non-empty list of names; ``word``: one of ``choices`` (or ``pattern``).
+        list of names (maybe empty); ``word``: one of ``choices`` (or ``pattern``).
     low, high : float, optional
         Bounds, inclusive unless ``low_open`` / ``high_open``.
     choices : sequence of str
