@@ -60,6 +60,8 @@ def test_one_gene_refuses_cellwise_spearman_and_ranks_by_pearson(tmp_path, store
     run = json.loads((out / "run.json").read_text())
     assert run["ranked_by"] == "genewise_pearson" and run["primary_metric"] == "cellwise_spearman"
     assert any(WHY in n for n in run["leaderboard_notes"])
+    html = (out / "report.html").read_text()  # the report says it too, and stars Pearson
+    assert WHY in html and "ranked by <b>gene-wise Pearson</b>" in html
 
 
 def test_two_genes_keep_cellwise_spearman(tmp_path, store):
@@ -97,6 +99,11 @@ def test_model_failing_on_one_fold_is_not_ranked(tmp_path, store, monkeypatch):
     row = next(line for line in text.splitlines() if " ridge " in f" {line} ")
     assert row.strip().startswith("—") and "partial (2/3 folds)" in row
     assert "note: ridge: failed on 1 of 3 folds" in text
+    from tabst.report.render import render_report
+
+    html = render_report(out).read_text()
+    assert "failed on 1 of 3 folds: not ranked" in html
+    assert '<td>—</td><td class="l">ridge</td>' in html
 
 
 def test_leaderboard_order_complete_partial_failed():

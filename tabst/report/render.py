@@ -291,7 +291,7 @@ def _context(R: dict, run_dir: Path, dpi: int, run_name: str) -> dict:
                                             "genewise_pearson": "gene-wise Pearson", "mse": "MSE"}
     direction = run.get("metric_direction") or {"cellwise_spearman": 1, "genewise_pearson": 1,
                                                 "mse": -1}
-    primary = run.get("primary_metric", "cellwise_spearman")
+    primary = run.get("ranked_by") or run.get("primary_metric", "cellwise_spearman")
     order_m = [primary] + [m for m in metrics if m != primary]
     labels = dict(zip(lb["model"], lb["label"]))
     ok = lb[lb["n_folds_ok"] > 0]
@@ -309,7 +309,11 @@ def _context(R: dict, run_dir: Path, dpi: int, run_name: str) -> dict:
             mu, sd = float(r[f"{m}_mean"]), float(r[f"{m}_sd"])
             cells.append({"text": f"{_fmt(mu)} ± {_fmt(sd)}" if math.isfinite(mu) else "—",
                           "best": m in best and math.isfinite(mu) and np.isclose(mu, best[m])})
-        rows.append({"rank": int(r["rank"]), "model": r["model"], "label": r["label"],
+        ranked = r.get("ranked", True)
+        ranked = True if ranked != ranked else bool(ranked)  # NaN (older runs): ranked
+        rows.append({"rank": int(r["rank"]) if ranked else "—", "model": r["model"],
+                     "label": r["label"], "note": str(r["note"]) if "note" in r and
+                     isinstance(r["note"], str) else "",
                      "cells": cells, "status": r["status"], "error": r.get("error", ""),
                      "ok": r["status"] == "ok", "fit": _fmt(r["fit_seconds"], 2),
                      "predict": _fmt(r["predict_seconds"], 3), "mem": _fmt(r["peak_mem_mb"], 0),
@@ -381,6 +385,7 @@ def _context(R: dict, run_dir: Path, dpi: int, run_name: str) -> dict:
         "metric_cols": [{"key": m, "label": labels_m[m], "up": direction[m] > 0,
                          "primary": m == primary} for m in order_m],
         "rows": rows, "fails": fails, "samples": samples, "samp_rows": samp_rows,
+        "lb_notes": list(run.get("leaderboard_notes") or []),
         "primary_label": labels_m[primary], "figs": figs, "gene_model": labels.get(gene_model),
         "best_genes": best_genes, "worst_genes": worst_genes, "const_genes": const_genes,
         "spatial_sample": spatial_sample, "spatial_cols": spatial_cols, "map_genes": map_genes,
