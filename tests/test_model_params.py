@@ -61,8 +61,11 @@ def test_every_parameter_has_a_rule():
 @pytest.mark.parametrize("preset", preset_names())
 def test_shipped_presets_pass(preset):
     cfg = load_config(preset)
+    assert cfg["models"]
     for name in cfg["models"]:
-        make_model(name, cfg["params"].get(name))
+        given = cfg["params"].get(name) or {}
+        m = make_model(name, given)
+        assert {k: m.get_params()[k] for k in given} == given  # built with the preset's values
 
 
 @pytest.mark.parametrize("name,param,bad", CASES + REPORTED,

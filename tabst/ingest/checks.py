@@ -268,6 +268,23 @@ def check_config_types(cfg: Mapping, schema: Mapping[str, str], *, file,
                          fix=f"write e.g.  {example}")
 
 
+def read_json_object(path, *, fix: str, expected: str) -> dict:
+    """A UTF-8 JSON file holding one object, or one InputError naming the file: not valid
+    JSON (``fix``) or not an object (``expected`` shows the shape wanted)."""
+    import json
+    from pathlib import Path
+
+    path = Path(path)
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InputError(f"not valid JSON ({e})", file=path, fix=fix) from None
+    if not isinstance(obj, dict):
+        raise InputError("the file does not hold a JSON object", file=path,
+                         fix=f"expected {expected}")
+    return obj
+
+
 def json_number(obj: Mapping, key: str, *, file, positive: bool = True,
                 required: bool = True) -> float | None:
     """A numeric field of a parsed JSON object, as float.

@@ -17,7 +17,6 @@ patches file, so ``tabst embed`` uses the stored patches as they are (:class:`He
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Sequence
 
@@ -25,7 +24,13 @@ import numpy as np
 import scipy.sparse as sp
 
 from ..errors import InputError
-from .checks import check_coordinates, check_expression_block, check_sample_name, json_number
+from .checks import (
+    check_coordinates,
+    check_expression_block,
+    check_sample_name,
+    json_number,
+    read_json_object,
+)
 from .spots import SpotSection
 
 HEST_PATCH_PIXEL_SIZE_UM = 0.5  # HEST-1k patches: 224 px at 0.5 um/px
@@ -166,15 +171,9 @@ def read_hest_sample(st_h5ad, patches_h5, sample: str | None = None, *, metadata
     meta, meta_path = {}, None
     if metadata is not None and Path(metadata).is_file():
         meta_path = Path(metadata)
-        try:
-            meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise InputError(f"not valid JSON ({e})", file=meta_path,
-                             fix="give HEST-1k's metadata/<id>.json (UTF-8 JSON)") from None
-        if not isinstance(meta, dict):
-            raise InputError("the metadata is not a JSON object", file=meta_path,
-                             fix='give HEST-1k\'s metadata/<id>.json ({"pixel_size_um_estimated": '
-                                 '..., ...})')
+        meta = read_json_object(meta_path, fix="give HEST-1k's metadata/<id>.json (UTF-8 JSON)",
+                                expected='HEST-1k\'s metadata/<id>.json ({"pixel_size_um_estimated": '
+                                         '..., ...})')
     # written by some HEST versions; else HEST's 0.5
     patch_px_um = _attr_pixel_size(pinfo["attrs"].get("pixel_size"), patches_h5, pinfo["img_key"])
     spot_um = json_number(meta, "spot_diameter", file=meta_path, required=False)

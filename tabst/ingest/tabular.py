@@ -15,6 +15,7 @@ import csv
 import gzip
 import re
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -309,7 +310,7 @@ def read_table(path, columns: dict[str, str]):
     fmt = table_format(path)
     if not columns:
         raise ValueError("read_table needs at least one column")
-    try:
+    with _table_errors(path, columns):
         if fmt == "parquet":
             import pyarrow.parquet as pq
 
@@ -323,6 +324,15 @@ def read_table(path, columns: dict[str, str]):
         ro, po, co = _csv_options(path, columns, CSV_STREAM_BLOCK_BYTES, threads=False)
         with _input_stream(path) as stream:
             return pacsv.read_csv(stream, read_options=ro, parse_options=po, convert_options=co)
+
+
+@contextmanager
+def _table_errors(path: Path, columns):
+    """pyarrow's read failures as one InputError naming the file (and row / column)."""
+    import pyarrow as pa
+
+    try:
+        yield
     except InputError:
         raise
     except pa.ArrowInvalid as e:
@@ -360,19 +370,11 @@ def iter_table_batches(path, columns: dict[str, str], batch_rows: int = DEFAULT_
     """Stream the named columns of a table as ``pyarrow.RecordBatch`` es (columns in the given
     order, types as in :func:`read_table`). CSV is parsed block by block, Parquet read batch by
     batch, so memory stays bounded whatever the file size."""
-    import pyarrow as pa
 
     path = Path(path)
     _require_file(path, "table")
-    try:
+    with _table_errors(path, columns):
         yield from _raw_batches(path, columns, batch_rows)
-    except InputError:
-        raise
-    except pa.ArrowInvalid as e:
-        raise _arrow_conversion_error(e, path, list(columns)) from None
-    except (OSError, pa.ArrowException) as e:
-        raise InputError(f"cannot read the table ({e})", file=path,
-                         fix="check that the file is a valid CSV/TSV/Parquet table") from None
 
 
 def parse_gene_list(spec: str | Sequence[str] | None) -> list[str] | None:

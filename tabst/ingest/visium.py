@@ -25,7 +25,6 @@ kept in ``/expression/gene_ids`` either way.
 from __future__ import annotations
 
 import gzip
-import json
 from pathlib import Path
 from typing import Sequence
 
@@ -34,7 +33,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from ..errors import InputError
-from .checks import check_coordinates, check_expression_block, json_number
+from .checks import check_coordinates, check_expression_block, json_number, read_json_object
 from .spots import SpotSection, check_inside, image_shape, make_unique
 
 VISIUM_SPOT_DIAMETER_UM = 55.0
@@ -255,15 +254,9 @@ def read_visium(outs, sample: str | None = None, *, fullres_image=None, all_spot
     sf_path = spatial / "scalefactors_json.json"
     if not sf_path.is_file():
         raise InputError("no scalefactors_json.json", file=spatial)
-    try:
-        sf = json.loads(sf_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise InputError(f"not valid JSON ({e})", file=sf_path,
-                         fix="give Space Ranger's scalefactors_json.json as written") from None
-    if not isinstance(sf, dict):
-        raise InputError("the scale factors are not a JSON object", file=sf_path,
-                         fix='expected {"spot_diameter_fullres": ..., "tissue_hires_scalef": ..., '
-                             '"tissue_lowres_scalef": ...}')
+    sf = read_json_object(sf_path, fix="give Space Ranger's scalefactors_json.json as written",
+                          expected='{"spot_diameter_fullres": ..., "tissue_hires_scalef": ..., '
+                                   '"tissue_lowres_scalef": ...}')
     spot_fullres = json_number(sf, "spot_diameter_fullres", file=sf_path)
 
     if fullres_image is not None:
