@@ -193,10 +193,13 @@ def _check_genes(f, run: Path, genes: list, allow_subset: bool) -> list:
         raise TabstError(f"{note}; the Crunch scorer requires every gene of anucleus.var. Re-run "
                          "`tabst compare` with --genes all, or pass --allow-gene-subset for a file "
                          "the scorer will refuse.")
+    if _is_crunch(f):
+        note += "; --allow-gene-subset: the Crunch scorer will refuse this file"
     return [note]
 
 
-def _expected(f, rows, ids, samp, genes, groups, check_zarr: bool) -> tuple[Expected, list]:
+def _expected(f, rows, ids, samp, genes, groups, check_zarr: bool,
+              allow_gene_subset: bool = False) -> tuple[Expected, list]:
     """The cells and genes the file must hold; for Crunch samples, cross-checked with the
     ``cell_id-group`` / ``anucleus`` tables of each zarr (what the scorer reads)."""
     exp = Expected(list(genes), {s: ids[samp == s] for s in np.unique(samp)})
@@ -217,14 +220,19 @@ def _expected(f, rows, ids, samp, genes, groups, check_zarr: bool) -> tuple[Expe
         want, zgenes = expected_from_zarr(z, groups or SCORED_GROUPS)
         lacking = sorted(set(want.tolist()) - set(exp.cells[s].tolist()))
         if lacking:
-            raise TabstError(f"{s}: {len(lacking):,} cells of group(s) {','.join(groups or [])} in "
+            raise TabstError(f"{s}: {len(lacking):,} cells of group(s) "
+                             f"{','.join(groups or SCORED_GROUPS)} in "
                              f"the zarr's 'cell_id-group' table are not in the store (e.g. "
                              f"{', '.join(lacking[:5])}): they had no nucleus in the mask at "
                              "ingest, and the scorer requires every one of them.")
-        if set(zgenes) != set(genes):
+        if set(zgenes) != set(genes) and not allow_gene_subset:
             raise TabstError(f"{s}: the zarr's anucleus genes differ from the model's "
                              f"({len(zgenes)} vs {len(genes)}); the scorer requires every one.")
         notes.append(f"{s}: {len(want):,} scored cells and {len(zgenes)} genes read from {z}")
+    if groups is not None and set(groups) != set(SCORED_GROUPS):
+        notes.append(f"group(s) {','.join(groups)} only: the Crunch scorer scores every "
+                     f"{' + '.join(SCORED_GROUPS)} cell of each sample and refuses a file without "
+                     "them")
     return exp, notes
 
 
@@ -368,7 +376,8 @@ def predict_submission(run, store, out, *, group: str = "validation,test",
         rows = _select_rows(f, groups, samples)
         samp = read_strings(f["cells/sample"])[rows].astype(str).astype(object)
         ids, id_col = _ids(f, rows, samp, id_column)
-        expected, more = _expected(f, rows, ids, samp, genes, groups, check_zarr)
+        expected, more = _expected(f, rows, ids, samp, genes, groups, check_zarr,
+                                   allow_gene_subset)
         notes += more
         writer = _Writer(f, fb, m, name, genes, batch_size, decimals, float_format)
         pbar = progress(unit="cells") if show_progress else None

@@ -79,6 +79,11 @@ def _tally_chunk(ch, tallies: dict, expected: Expected, cell_pos: dict, gene_pos
     if set(ch.columns) != set(COLUMNS):
         raise SubmissionError(f"submission check: columns do not match: the file has "
                               f"{sorted(ch.columns)}, the scorer requires {sorted(COLUMNS)}.")
+    if not len(ch):
+        return
+    if ch["sample"].isna().any():
+        raise SubmissionError("submission check: samples do not match: a row has an empty or NA "
+                              "sample.")
     if ch["prediction"].dtype.kind not in "fiu":
         raise SubmissionError(f"submission check: {path}: non-numeric values in 'prediction'.")
     for s, part in ch.groupby("sample", sort=False):
@@ -145,6 +150,8 @@ def check_submission(path, expected: Expected, chunk_rows: int = 2_000_000) -> l
                for s, ids in expected.cells.items()}
     for ch in _read_chunks(path, chunk_rows):
         _tally_chunk(ch, tallies, expected, cell_pos, gene_pos, path)
+    if not any(t.rows for t in tallies.values()):
+        raise SubmissionError(f"submission check: {path} holds no rows.")
     lines = [f"columns: {', '.join(COLUMNS)}"]
     absent = [s for s, t in tallies.items() if t.rows == 0]
     if absent:
@@ -166,7 +173,10 @@ def expected_from_zarr(zarr_path, groups=SCORED_GROUPS, group_table: str = "cell
     sd = import_spatialdata()
     with _quiet():
         sdata = sd.read_zarr(Path(zarr_path), selection=("tables",))
+    from .ingest.crunch_read import _ids
+
     obs = sdata.tables[group_table].obs
     ids = obs.loc[obs["group"].astype(str).isin(list(groups)), "cell_id"]
+    ids = _ids(ids.to_numpy(), file=zarr_path, table=group_table, column="cell_id")  # by value
     return (np.asarray([str(v) for v in ids.tolist()], dtype=object),
             [str(g) for g in sdata.tables[expression_table].var.index])

@@ -233,3 +233,23 @@ def test_nan_embedding_cells_are_counted_and_warned(pipeline, tmp_path):
     clean = predict_submission(pipeline["run"], pipeline["store"], tmp_path / "c.csv",
                                show_progress=False)
     assert not [n for n in clean.notes if n.startswith("WARNING")]
+
+
+def test_check_refuses_rows_without_sample_and_an_empty_file(tmp_path):
+    exp = Expected(["A", "B"], {"S": np.array(["1", "2"], dtype=object)})
+    p = tmp_path / "na.csv"
+    _frame().to_csv(p, index=False)
+    with open(p, "a") as fh:
+        fh.write("1,A,0.1,\n")
+    with pytest.raises(SubmissionError, match="empty or NA sample"):
+        check_submission(p, exp)
+    e = tmp_path / "empty.csv"
+    e.write_text("cell_id,gene,prediction,sample\n")
+    with pytest.raises(SubmissionError, match="holds no rows"):
+        check_submission(e, exp)
+
+
+def test_other_groups_say_the_scorer_wants_validation_and_test(pipeline, tmp_path):
+    res = predict_submission(pipeline["run"], pipeline["store"], tmp_path / "t.csv",
+                             group="test", show_progress=False)
+    assert any("scores every validation + test cell" in n for n in res.notes)

@@ -206,7 +206,10 @@ def _regions(sdata, gtab, g_ids, lbl, cen_y, cen_x, *, H: int, W: int, tile: int
     shape = tuple(int(ras.shape[list(ras.dims).index(d)]) for d in ("y", "x"))
     if sorted(dims) != ["x", "y"] or shape != (H, W):
         return None, ""  # not in the H&E pixel grid: cannot be read at the centroids
-    plane = mask_2d(ras, region_element, None)
+    try:
+        plane = mask_2d(ras, region_element, None)
+    except InputError:  # not a one-channel integer image: no regions from it
+        return None, ""
     v = values_at(plane, cen_y, cen_x, tile)
     return np.asarray([str(int(a)) if np.dtype(v.dtype).kind in "iu" else str(a) for a in v],
                       dtype=object), f"region image '{region_element}' at the nucleus centroid"
