@@ -482,3 +482,27 @@ def test_bad_expression_values_are_refused(tmp_path, bad):
     assert "table 'anucleus' X value" in msg
     assert {np.inf: "infinite", -1.0: "negative"}.get(bad, "missing or NaN") in msg
     assert not out.exists()
+
+
+def test_obs_region_that_is_the_annotation_key_falls_back_to_the_region_image(tmp_path):
+    """In SpatialData, obs['region'] can be the table's annotation column (one element name for
+    every row), not tissue regions: then the region image is used."""
+    import spatialdata as sd
+    from spatialdata.models import TableModel
+
+    t = write_crunch_zarr(tmp_path / "S.zarr", size=400, n=30)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        s = sd.read_zarr(t["path"])
+        g = s.tables["cell_id-group"]
+        g.obs["region"] = "HE_nuc_original"
+        g.obs["region"] = g.obs["region"].astype("category")
+        s.tables["cell_id-group"] = TableModel.parse(g, region="HE_nuc_original",
+                                                     region_key="region", instance_key="cell_id")
+        s.delete_element_from_disk("cell_id-group")
+        s.write_element("cell_id-group")
+    lines = []
+    out = tmp_path / "s.h5"
+    ingest_crunch([t["path"]], out, tile=TILE, show_progress=False, log=lines.append)
+    assert "region image 'group_HEspace'" in lines[0]
+    assert set(cells_frame(out)["region"]) <= {"1", "2", "3", "4"}

@@ -188,12 +188,24 @@ def _check_columns(tables, path: Path) -> None:
                                  column=col)
 
 
+def _is_annotation_key(sdata, table, column: str) -> bool:
+    """True when ``obs[column]`` is SpatialData's annotation column (the element a table
+    annotates, one value for every row) rather than tissue regions."""
+    attrs = (getattr(table, "uns", {}) or {}).get("spatialdata_attrs", {}) or {}
+    vals = table.obs[column].astype(str).unique()
+    if len(vals) != 1:
+        return False
+    names = {str(n) for kind in ("images", "labels", "shapes", "points")
+             for n in getattr(sdata, kind, {}).keys()}
+    return attrs.get("region_key") == column or vals[0] in names
+
+
 def _regions(sdata, gtab, g_ids, lbl, cen_y, cen_x, *, H: int, W: int, tile: int,
              region_column: str, region_element: str):
     """Region of each kept cell: ``cell_id-group.obs[region_column]`` when the table has it,
     else the value of the region image ``region_element`` (in the H&E pixel grid) at the
     nucleus centroid. Returns ``(regions or None, source)``."""
-    if region_column in gtab.obs.columns:
+    if region_column in gtab.obs.columns and not _is_annotation_key(sdata, gtab, region_column):
         vals = np.asarray(gtab.obs[region_column].astype(str).to_numpy(), dtype=object)
         row = lookup(g_ids, lbl)
         reg = np.full(len(lbl), "unknown", dtype=object)
