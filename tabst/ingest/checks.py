@@ -268,6 +268,25 @@ def check_config_types(cfg: Mapping, schema: Mapping[str, str], *, file,
                          fix=f"write e.g.  {example}")
 
 
+def numeric_columns(df, columns, *, file, fix: str, required=(), missing: str = "missing value",
+                    missing_fix: str = "") -> None:
+    """Convert ``df[columns]`` to numbers in place; one InputError (1-based data row, column)
+    for text that is not a number, or for an empty value in a ``required`` column."""
+    import pandas as pd
+
+    for col in columns:
+        v = pd.to_numeric(df[col], errors="coerce")
+        text = v.isna() & df[col].notna()
+        if text.any():
+            r = int(np.flatnonzero(text.to_numpy())[0])
+            raise InputError(f"not a number: '{df[col].iloc[r]}'", file=file, row=r + 1,
+                             column=col, fix=fix)
+        if col in required and v.isna().any():
+            r = int(np.flatnonzero(v.isna().to_numpy())[0])
+            raise InputError(missing, file=file, row=r + 1, column=col, fix=missing_fix)
+        df[col] = v
+
+
 def read_json_object(path, *, fix: str, expected: str) -> dict:
     """A UTF-8 JSON file holding one object, or one InputError naming the file: not valid
     JSON (``fix``) or not an object (``expected`` shows the shape wanted)."""

@@ -30,7 +30,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from ..errors import InputError
-from .checks import check_coordinates, check_expression_block, check_sample_name
+from .checks import check_coordinates, check_expression_block, check_sample_name, numeric_columns
 from .spots import SpotSection, check_inside, image_shape
 
 ALIGNMENT_COLUMNS = ("x", "y", "pixel_x", "pixel_y", "selected")
@@ -148,19 +148,11 @@ def read_alignment(path) -> pd.DataFrame:
         raise InputError(f"missing column(s) {', '.join(missing)} (has: {', '.join(a.columns)})",
                          file=path, column=missing[0],
                          fix="the ST alignment table needs columns x y pixel_x pixel_y selected")
-    for col in ALIGNMENT_COLUMNS:
-        v = pd.to_numeric(a[col], errors="coerce")
-        text = v.isna() & a[col].notna()
-        if text.any():
-            r = int(np.flatnonzero(text.to_numpy())[0])
-            raise InputError(f"not a number: '{a[col].iloc[r]}'", file=path, row=r + 1, column=col,
-                             fix="the alignment columns hold numbers only")
-        if col in ("x", "y", "selected") and v.isna().any():
-            r = int(np.flatnonzero(v.isna().to_numpy())[0])
-            raise InputError("missing value (empty or n/a)", file=path, row=r + 1, column=col,
-                             fix="every array spot needs x, y and selected (1 under the tissue, "
-                                 "else 0); remove rows of spots that are not on the array")
-        a[col] = v
+    numeric_columns(a, ALIGNMENT_COLUMNS, file=path, required=("x", "y", "selected"),
+                    fix="the alignment columns hold numbers only",
+                    missing="missing value (empty or n/a)",
+                    missing_fix="every array spot needs x, y and selected (1 under the tissue, "
+                                "else 0); remove rows of spots that are not on the array")
     check_coordinates(a["pixel_x"].to_numpy(), a["pixel_y"].to_numpy(), file=path,
                       row_offset=0, columns=("pixel_x", "pixel_y"), what="spot pixel position")
     key = list(zip(np.round(a["x"]).astype(int), np.round(a["y"]).astype(int)))

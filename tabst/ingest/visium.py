@@ -33,7 +33,13 @@ import pandas as pd
 import scipy.sparse as sp
 
 from ..errors import InputError
-from .checks import check_coordinates, check_expression_block, json_number, read_json_object
+from .checks import (
+    check_coordinates,
+    check_expression_block,
+    json_number,
+    numeric_columns,
+    read_json_object,
+)
 from .spots import SpotSection, check_inside, image_shape, make_unique
 
 VISIUM_SPOT_DIAMETER_UM = 55.0
@@ -169,18 +175,9 @@ def read_positions(spatial: Path) -> tuple[pd.DataFrame, Path]:
         raise InputError("the positions file has no spots", file=p,
                          fix="give Space Ranger's spatial/ folder as written (one row per spot)")
     df["barcode"] = df["barcode"].astype(str)
-    for col in POSITION_COLUMNS[1:]:
-        v = pd.to_numeric(df[col], errors="coerce")
-        text = v.isna() & df[col].notna()
-        if text.any():
-            r = int(np.flatnonzero(text.to_numpy())[0])
-            raise InputError(f"not a number: '{df[col].iloc[r]}'", file=p, row=r + 1, column=col,
-                             fix="the position columns hold numbers only")
-        if col in ("in_tissue", "array_row", "array_col") and v.isna().any():
-            r = int(np.flatnonzero(v.isna().to_numpy())[0])
-            raise InputError("missing value", file=p, row=r + 1, column=col,
-                             fix="every spot needs in_tissue, array_row and array_col")
-        df[col] = v
+    numeric_columns(df, POSITION_COLUMNS[1:], file=p, required=("in_tissue", "array_row", "array_col"),
+                    fix="the position columns hold numbers only",
+                    missing_fix="every spot needs in_tissue, array_row and array_col")
     check_coordinates(df["pxl_col_in_fullres"].to_numpy(), df["pxl_row_in_fullres"].to_numpy(),
                       file=p, row_offset=0, columns=("pxl_col_in_fullres", "pxl_row_in_fullres"),
                       row_ids=df["barcode"].to_numpy(), what="spot position",
