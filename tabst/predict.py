@@ -198,7 +198,7 @@ def _check_genes(f, run: Path, genes: list, allow_subset: bool) -> list:
     return [note]
 
 
-def _expected(f, rows, ids, samp, genes, groups, check_zarr: bool,
+def _expected(f, ids, samp, genes, groups, check_zarr: bool,
               allow_gene_subset: bool = False) -> tuple[Expected, list]:
     """The cells and genes the file must hold; for Crunch samples, cross-checked with the
     ``cell_id-group`` / ``anucleus`` tables of each zarr (what the scorer reads)."""
@@ -308,7 +308,9 @@ def _write_checked(path: Path, writer: _Writer, rows, ids, samp, expected: Expec
     with open(path, "w", newline="") as fh:
         fh.write(HEADER)
         n = writer.write(fh, rows, ids, samp, progress, task)
-    return n, check_submission(path, expected)
+    check = progress.add_task("scorer check", total=n) if task is not None else None
+    return n, check_submission(path, expected, on_rows=(lambda k: progress.advance(check, k))
+                               if check is not None else None)
 
 
 def predict_submission(run, store, out, *, group: str = "validation,test",
@@ -376,7 +378,7 @@ def predict_submission(run, store, out, *, group: str = "validation,test",
         rows = _select_rows(f, groups, samples)
         samp = read_strings(f["cells/sample"])[rows].astype(str).astype(object)
         ids, id_col = _ids(f, rows, samp, id_column)
-        expected, more = _expected(f, rows, ids, samp, genes, groups, check_zarr,
+        expected, more = _expected(f, ids, samp, genes, groups, check_zarr,
                                    allow_gene_subset)
         notes += more
         writer = _Writer(f, fb, m, name, genes, batch_size, decimals, float_format)

@@ -137,11 +137,13 @@ def _verdict(s: str, t: _Tally, expected: Expected) -> str:
             f"non-negative, {t.rows:,} rows = {n_c:,} x {n_g}, each pair once")
 
 
-def check_submission(path, expected: Expected, chunk_rows: int = 2_000_000) -> list[str]:
+def check_submission(path, expected: Expected, chunk_rows: int = 2_000_000,
+                     on_rows=None) -> list[str]:
     """Check a submission CSV as the Crunch scorer's ``check()`` does (see the module doc).
 
     Returns one human-readable line per check passed; raises :class:`SubmissionError` on the
     first failure. Memory: one byte per expected cell x gene pair plus one chunk of rows.
+    ``on_rows(k)`` is called after each chunk of ``k`` rows (progress).
     """
     path = Path(path)
     gene_pos = {g: j for j, g in enumerate(expected.genes)}
@@ -150,6 +152,8 @@ def check_submission(path, expected: Expected, chunk_rows: int = 2_000_000) -> l
                for s, ids in expected.cells.items()}
     for ch in _read_chunks(path, chunk_rows):
         _tally_chunk(ch, tallies, expected, cell_pos, gene_pos, path)
+        if on_rows is not None:
+            on_rows(len(ch))
     if not any(t.rows for t in tallies.values()):
         raise SubmissionError(f"submission check: {path} holds no rows.")
     lines = [f"columns: {', '.join(COLUMNS)}"]

@@ -207,6 +207,7 @@ def test_cli(pipeline, tmp_path):
     assert r.exit_code == 0, r.output
     assert "group validation,test" in r.output and out.exists()
     assert "scorer check ok" in r.output and "each pair once" in r.output
+    assert "scorer check: " in r.output and "-- done" in r.output  # the re-read shows progress
     r = CliRunner().invoke(app, args)
     assert r.exit_code == 1 and "already exists" in r.output
 

@@ -158,7 +158,7 @@ def _open(path: Path):
                                         "Crunch 1") from None
 
 
-def _rasters(sdata, path: Path, image_element: str, mask_element: str):
+def _rasters(sdata, image_element: str, mask_element: str):
     img, _ = find_raster(sdata, image_element, ("images",))
     lab, mask_kind = find_raster(sdata, mask_element)
     missing = ([f"image '{image_element}'"] if img is None else []) + \
@@ -256,7 +256,7 @@ def read_crunch_sample(path, *, tile: int = DEFAULT_TILE, progress=None,
     """
     path = Path(path)
     sdata = _open(path)
-    img, lab, mask_kind, missing = _rasters(sdata, path, image_element, mask_element)
+    img, lab, mask_kind, missing = _rasters(sdata, image_element, mask_element)
     missing += [f"table '{n}'" for n in (expression_table, group_table) if n not in sdata.tables]
     if missing:
         raise InputError(f"missing {', '.join(missing)}. The zarr holds {_holdings(sdata)}.",
