@@ -1,8 +1,8 @@
 """`tabst ingest visium | st | hest`: spot-based platforms -> one store (spots are the rows).
 
-Shared options: ``--normalize log1p-cpt|log1p|none`` (+ ``--scale``), ``--genes
-all|strict|FILE``, ``--force``, ``--json``. Top-k HVG selection happens in ``tabst compare``
-(per training fold), never at ingest.
+Shared options: ``--normalize cp10k|log1p|log1p-cpt|none`` (+ ``--scale`` for log1p-cpt),
+``--group SAMPLE=GROUP``, ``--genes all|strict|FILE``, ``--force``, ``--json``. Top-k HVG
+selection happens in ``tabst compare`` (per training fold), never at ingest.
 """
 from __future__ import annotations
 
@@ -17,32 +17,44 @@ from tabst.outputs import prepare_output
 
 from ._common import console, err_console, user_errors
 
-NORMALIZE_HELP = ("expression transform: log1p-cpt = log1p(count/total*SCALE) (Crunch 1), "
-                  "log1p = log1p(count) (HEST-Benchmark), none = raw counts")
+NORMALIZE_HELP = ("expression in /expression/X (raw counts are kept in /expression/counts; "
+                  "total = the spot's counts over all genes): cp10k = log1p(count/total*10000) "
+                  "(scanpy's CP10k + log1p; the default for spots), log1p = log1p(count) "
+                  "(HEST-Benchmark), log1p-cpt = log1p(count/total*SCALE) (Crunch 1's "
+                  "single-cell scale, SCALE 100: on ~10k-count spots it squeezes almost every "
+                  "value below 0.35), none = raw counts")
+GROUP_HELP = ("patient/group of a section as SAMPLE=GROUP (repeatable; all sections or none): "
+              "written to /cells/group so compare never trains and tests on serial sections "
+              "of one patient")
 GENES_HELP = ("all = genes every section measured (what each loses is reported); strict = error "
               "if the sections' gene sets differ; or a FILE with one gene per line. Top-k HVGs "
               "are chosen at compare time on training folds only, not here")
 
 
 def _normalize_opt():
-    return typer.Option("log1p-cpt", "--normalize", help=NORMALIZE_HELP)
+    return typer.Option("cp10k", "--normalize", help=NORMALIZE_HELP)
 
 
 def _scale_opt():
-    return typer.Option(100.0, "--scale", help="SCALE of log1p-cpt (100 like Crunch 1)")
+    return typer.Option(None, "--scale", help="SCALE of --normalize log1p-cpt (default 100 "
+                                              "like Crunch 1); refused with the other choices")
+
+
+def _group_opt():
+    return typer.Option(None, "--group", help=GROUP_HELP)
 
 
 def _genes_opt():
     return typer.Option("all", "--genes", help=GENES_HELP)
 
 
-def _check_normalize(normalize: str) -> None:
-    from tabst.errors import TabstError
-    from tabst.ingest.spots import NORMALIZE_CHOICES
+def _check_options(normalize: str, scale: Optional[float], group, groups=None) -> dict:
+    """Refuse a bad --normalize/--scale/--group before any input is read; returns the groups."""
+    from tabst.ingest.groups import parse_group_options
+    from tabst.ingest.normalize import resolve_scale
 
-    if normalize not in NORMALIZE_CHOICES:
-        raise TabstError(f"--normalize must be one of {', '.join(NORMALIZE_CHOICES)}, "
-                         f"not '{normalize}'")
+    resolve_scale(normalize, scale)
+    return parse_group_options(group, groups)
 
 
 def _finish(summary: dict, as_json: bool) -> None:
@@ -74,8 +86,9 @@ def register(app, ingest_app):
         gene_names: str = typer.Option("symbol", "--gene-names",
                                        help="symbol (duplicates -> SYMBOL_ENSEMBLID) or id"),
         tissue: str = typer.Option("unknown", "--tissue", help="tissue recorded for every spot"),
+        group: Optional[List[str]] = _group_opt(),
         normalize: str = _normalize_opt(),
-        scale: float = _scale_opt(),
+        scale: Optional[float] = _scale_opt(),
         genes: str = _genes_opt(),
         force: bool = typer.Option(False, "--force", help="overwrite an existing store"),
         as_json: bool = typer.Option(False, "--json", help="print the summary as JSON"),
@@ -84,12 +97,13 @@ def register(app, ingest_app):
         to the best image present, spot diameter in that image's pixels."""
         from tabst.ingest.visium import ingest_visium
 
-        _check_normalize(normalize)
+        groups = _check_options(normalize, scale, group)
         prepare_output(out, "file", force=force)  # before reading any input
         res = ingest_visium(outs, out, samples=sample, fullres_images=fullres_image,
                             all_spots=all_spots, gene_names=gene_names, tissue=tissue,
-                            normalize=normalize, scale=scale, genes=genes, force=force,
-                            command=["tabst"] + sys.argv[1:], show_progress=not as_json)
+                            groups=groups, normalize=normalize, scale=scale, genes=genes,
+                            force=force, command=["tabst"] + sys.argv[1:],
+                            show_progress=not as_json)
         _finish(res, as_json)
 
     @ingest_app.command("st")
@@ -108,8 +122,8 @@ def register(app, ingest_app):
             None, "--section", help="another section as COUNTS,ALIGNMENT,IMAGE[,NAME] "
                                     "(repeatable)"),
         manifest: Optional[Path] = typer.Option(
-            None, "--manifest", help="CSV/TSV with columns counts, alignment, image[, sample] "
-                                     "(paths relative to the manifest)"),
+            None, "--manifest", help="CSV/TSV with columns counts, alignment, image[, sample]"
+                                     "[, group] (paths relative to the manifest)"),
         all_spots: bool = typer.Option(False, "--all-spots",
                                        help="keep spots outside the tissue (selected == 0) too"),
         tissue: str = typer.Option("unknown", "--tissue", help="tissue recorded for every spot"),
@@ -118,8 +132,9 @@ def register(app, ingest_app):
         array_unit_um: Optional[float] = typer.Option(
             None, "--array-unit-um", help="um per array coordinate unit (default: 100 for the "
                                           "staggered 2k array, 200 for the 1k array)"),
+        group: Optional[List[str]] = _group_opt(),
         normalize: str = _normalize_opt(),
-        scale: float = _scale_opt(),
+        scale: Optional[float] = _scale_opt(),
         genes: str = _genes_opt(),
         force: bool = typer.Option(False, "--force", help="overwrite an existing store"),
         as_json: bool = typer.Option(False, "--json", help="print the summary as JSON"),
@@ -129,7 +144,7 @@ def register(app, ingest_app):
         from tabst.errors import InputError
         from tabst.ingest.st import ingest_st, parse_section_spec, read_manifest
 
-        _check_normalize(normalize)
+        groups = _check_options(normalize, scale, group)
         prepare_output(out, "file", force=force)  # before reading any input
         specs = []
         given = [p for p in (counts, alignment, image) if p is not None]
@@ -142,11 +157,13 @@ def register(app, ingest_app):
                              "COUNTS,ALIGNMENT,IMAGE,NAME")
         specs += [parse_section_spec(s) for s in section or []]
         if manifest is not None:
-            specs += read_manifest(manifest)
-        res = ingest_st(specs, out, all_spots=all_spots, tissue=tissue, normalize=normalize,
-                        scale=scale, genes=genes, force=force, spot_diameter_um=spot_diameter_um,
-                        array_unit_um=array_unit_um, command=["tabst"] + sys.argv[1:],
-                        show_progress=not as_json)
+            more, man_groups = read_manifest(manifest)
+            specs += more
+            groups = _check_options(normalize, scale, group, man_groups)
+        res = ingest_st(specs, out, groups=groups, all_spots=all_spots, tissue=tissue,
+                        normalize=normalize, scale=scale, genes=genes, force=force,
+                        spot_diameter_um=spot_diameter_um, array_unit_um=array_unit_um,
+                        command=["tabst"] + sys.argv[1:], show_progress=not as_json)
         _finish(res, as_json)
 
     @ingest_app.command("hest")
@@ -158,8 +175,9 @@ def register(app, ingest_app):
         ids: Optional[List[str]] = typer.Option(
             None, "--id", help="HEST sample id (repeatable; default: every id with both "
                                "st/<id>.h5ad and patches/<id>.h5)"),
+        group: Optional[List[str]] = _group_opt(),
         normalize: str = _normalize_opt(),
-        scale: float = _scale_opt(),
+        scale: Optional[float] = _scale_opt(),
         genes: str = _genes_opt(),
         force: bool = typer.Option(False, "--force", help="overwrite an existing store"),
         as_json: bool = typer.Option(False, "--json", help="print the summary as JSON"),
@@ -168,9 +186,9 @@ def register(app, ingest_app):
         (matched by barcode); `tabst embed` then uses the stored 224 px patches as they are."""
         from tabst.ingest.hest import ingest_hest
 
-        _check_normalize(normalize)
+        groups = _check_options(normalize, scale, group)
         prepare_output(out, "file", force=force)  # before reading any input
-        res = ingest_hest(hest_dir, out, ids=ids, normalize=normalize, scale=scale, genes=genes,
-                          force=force, command=["tabst"] + sys.argv[1:],
-                          show_progress=not as_json)
+        res = ingest_hest(hest_dir, out, ids=ids, groups=groups, normalize=normalize,
+                          scale=scale, genes=genes, force=force,
+                          command=["tabst"] + sys.argv[1:], show_progress=not as_json)
         _finish(res, as_json)

@@ -77,12 +77,15 @@ def _mob_expected(i):
     return dict(genes=genes, rows=rows, align=align, matched=matched, selected=selected, off=off)
 
 
+MOB_GROUPS = {"MOB1": "mouseA", "MOB2": "mouseA", "MOB3": "mouseB", "MOB4": "mouseB"}
+
+
 @pytest.fixture(scope="module")
 def mob_store(tmp_path_factory):
     from tabst.ingest.st import ingest_st
 
     out = tmp_path_factory.mktemp("mob") / "mob.h5"
-    summary = ingest_st(_mob_specs(), out, show_progress=False)
+    summary = ingest_st(_mob_specs(), out, groups=MOB_GROUPS, show_progress=False)
     return out, summary
 
 
@@ -94,7 +97,8 @@ def test_mob_spot_and_gene_counts_match_raw_files_and_readme(mob_store):
         genes = list(read_strings(f["expression/genes"]))
         X = f["expression/X"]
         assert X.shape == (len(cells), 1000)
-        assert X.attrs["transform"] == "log1p(count/total*100)"
+        assert X.attrs["transform"] == "log1p(count/total*10000)"  # spots default to CP10k
+        assert X.attrs["normalize"] == "cp10k" and X.attrs["scale"] == 1e4
     for i in range(1, 5):
         exp = _mob_expected(i)
         # README: ~1,930 spots per section, ~380-440 under tissue, 1,000 genes
@@ -117,17 +121,62 @@ def test_mob_spot_and_gene_counts_match_raw_files_and_readme(mob_store):
 
 
 @need_mob
-def test_mob_expression_is_log1p_cpt_of_raw_counts(mob_store):
-    path, _ = mob_store
+def test_mob_expression_is_cp10k_of_raw_counts_which_are_kept(mob_store):
+    path, summary = mob_store
     exp = _mob_expected(2)
     cells = cells_frame(path, ["spot_id", "sample", "total_counts"])
-    rows = np.flatnonzero((cells["sample"] == "MOB2").to_numpy())[[0, 7, -1]]
+    rows = np.flatnonzero((cells["sample"] == "MOB2").to_numpy())
     with open_store(path) as f:
-        X = f["expression/X"][np.sort(rows)]
-    for r, xrow in zip(np.sort(rows), X):
-        raw = np.asarray(exp["rows"][cells["spot_id"].iloc[r]])
-        assert cells["total_counts"].iloc[r] == pytest.approx(raw.sum())
-        np.testing.assert_allclose(xrow, np.log1p(raw / raw.sum() * 100), rtol=1e-5, atol=1e-6)
+        X = f["expression/X"][rows[0]:rows[-1] + 1]
+        C = f["expression/counts"][rows[0]:rows[-1] + 1]
+        assert f["expression/counts"].attrs["unit"] == "count"
+    raw = np.asarray([exp["rows"][s] for s in cells["spot_id"].iloc[rows]])
+    np.testing.assert_array_equal(C, raw)  # raw counts of the section, as in the file
+    np.testing.assert_allclose(cells["total_counts"].iloc[rows], raw.sum(axis=1))
+    np.testing.assert_allclose(X, np.log1p(raw / raw.sum(axis=1, keepdims=True) * 1e4),
+                               rtol=1e-5, atol=1e-6)
+    assert summary["normalize"] == "cp10k"
+    assert summary["transform"] == "log1p(count/total*10000)"
+
+
+@need_mob
+def test_mob_groups_written_per_spot(mob_store):
+    from tabst.ingest.spots import describe_summary
+
+    path, summary = mob_store
+    cells = cells_frame(path, ["sample", "group"])
+    assert cells["group"].tolist() == [MOB_GROUPS[s] for s in cells["sample"]]
+    assert set(cells["group"]) == {"mouseA", "mouseB"}
+    with open_store(path) as f:
+        assert f["cells/group"].attrs["description"].startswith("patient / group")
+        assert json.loads(f.attrs["provenance"])["groups"] == MOB_GROUPS
+    assert summary["groups"] == MOB_GROUPS
+    text = "\n".join(describe_summary(summary))
+    assert "mouseA = MOB1, MOB2; mouseB = MOB3, MOB4" in text
+    assert "normalisation cp10k: X = log1p(count/total*10000)" in text
+
+
+@need_mob
+@pytest.mark.parametrize("args, expected", [
+    (["--group", "MOB1=a", "--group", "MOB5=b"], "'MOB5', which are not sections of this "
+                                                 "ingest (sections: MOB1, MOB2)"),
+    (["--group", "MOB1=a"], "sections without a group: MOB2"),
+    (["--group", "MOB1=a", "--group", "MOB1=b", "--group", "MOB2=b"], "two groups"),
+    (["--group", "MOB1"], "expected SAMPLE=GROUP"),
+    (["--scale", "50"], "does not apply to --normalize cp10k"),
+    (["--normalize", "log1p", "--scale", "100"], "applies to --normalize log1p-cpt only"),
+    (["--normalize", "cpm"], "must be one of cp10k, log1p, log1p-cpt, none"),
+])
+def test_st_bad_group_or_normalisation_refused_before_reading(tmp_path, args, expected):
+    sections = []
+    for c, a, i, n in _mob_specs(2):
+        sections += ["--section", f"{c},{a},{i},{n}"]
+    out = tmp_path / "bad.h5"
+    r = CliRunner().invoke(_app(), ["ingest", "st", *sections, *args, "--out", str(out)])
+    assert r.exit_code == 1, r.output
+    assert expected in " ".join(r.output.split()), r.output
+    assert "Traceback" not in r.output and isinstance(r.exception, SystemExit)  # a message
+    assert not out.exists() and not list(tmp_path.iterdir())  # nothing written, no temp file
 
 
 @need_mob
@@ -157,22 +206,31 @@ def test_mob_coordinates_land_on_tissue(mob_store):
 @need_mob
 def test_st_cli_sections_manifest_all_spots_and_json(tmp_path):
     man = tmp_path / "sections.csv"
-    man.write_text("counts,alignment,image,sample\n" + "".join(
-        f"{c},{a},{i},{n}\n" for c, a, i, n in _mob_specs(2)[1:]))
+    man.write_text("counts,alignment,image,sample,group\n" + "".join(
+        f"{c},{a},{i},{n},patient2\n" for c, a, i, n in _mob_specs(2)[1:]))
     c1, a1, i1, _ = _mob_specs(1)[0]
     out = tmp_path / "cli.h5"
-    r = CliRunner().invoke(_app(), ["ingest", "st", str(c1), str(a1), str(i1), "--sample", "A",
-                                    "--manifest", str(man), "--all-spots", "--normalize", "none",
-                                    "--out", str(out), "--json"])
+    base = ["ingest", "st", str(c1), str(a1), str(i1), "--sample", "A", "--manifest", str(man)]
+    r = CliRunner().invoke(_app(), [*base, "--all-spots", "--normalize", "none",
+                                    "--group", "A=patient1", "--out", str(out), "--json"])
     assert r.exit_code == 0, r.output
     summary = json.loads(r.stdout.strip().splitlines()[-1])
     assert summary["samples"] == {"A": len(_mob_expected(1)["matched"]),
                                   "MOB2": len(_mob_expected(2)["matched"])}
+    assert summary["groups"] == {"A": "patient1", "MOB2": "patient2"}  # --group + manifest
+    cells = cells_frame(out, ["sample", "group"])
+    assert (cells["group"] == cells["sample"].map({"A": "patient1", "MOB2": "patient2"})).all()
     with open_store(out) as f:
         assert f["expression/X"].attrs["transform"] == "count"
         assert json.loads(f.attrs["provenance"])["normalize"] == "none"
         x = f["expression/X"][0]
+        np.testing.assert_array_equal(f["expression/counts"][:50], f["expression/X"][:50])
     assert np.all(x == np.round(x)) and x.max() > 1  # raw counts kept as they are
+    # the manifest's group and --group disagree on MOB2: refused before anything is read
+    r = CliRunner().invoke(_app(), [*base, "--group", "A=p1", "--group", "MOB2=p3",
+                                    "--out", str(tmp_path / "conflict.h5")])
+    assert r.exit_code == 1 and "'patient2' and 'p3'" in r.output, r.output
+    assert not (tmp_path / "conflict.h5").exists()
     # an existing store is refused without --force; nothing else is touched
     r = CliRunner().invoke(_app(), ["ingest", "st", str(c1), str(a1), str(i1), "--out", str(out)])
     assert r.exit_code == 1 and "already exists" in r.output
@@ -263,17 +321,49 @@ def test_st_errors_name_the_file(tmp_path):
 def test_normalize_counts_choices():
     import scipy.sparse as sp
 
-    from tabst.ingest.spots import normalize_counts, transform_name
+    from tabst.ingest.normalize import normalize_counts, transform_name
 
     c = sp.csr_matrix(np.array([[1, 3, 0], [0, 0, 0]], dtype=np.float32))
     tot = np.array([8.0, 0.0])  # the total covers genes not selected too
     np.testing.assert_allclose(normalize_counts(c, tot, "log1p-cpt", 100),
                                [[np.log1p(12.5), np.log1p(37.5), 0], [0, 0, 0]], rtol=1e-6)
+    np.testing.assert_allclose(normalize_counts(c, tot),  # default: cp10k
+                               [[np.log1p(1250), np.log1p(3750), 0], [0, 0, 0]], rtol=1e-6)
     np.testing.assert_allclose(normalize_counts(c, tot, "log1p"), np.log1p(c.toarray()))
     np.testing.assert_array_equal(normalize_counts(c, tot, "none"), c.toarray())
-    assert transform_name("log1p-cpt", 1e4) == "log1p(count/total*10000)"
+    assert transform_name("log1p-cpt", 1e4) == transform_name("cp10k")
+    assert transform_name("log1p-cpt") == "log1p(count/total*100)"  # Crunch's default scale
     with pytest.raises(TabstError):
         transform_name("zscore", 1)
+    with pytest.raises(TabstError, match="positive"):
+        transform_name("log1p-cpt", -1)
+
+
+@need_mob
+@pytest.mark.parametrize("normalize, scale, transform, formula", [
+    ("cp10k", None, "log1p(count/total*10000)", lambda c, t: np.log1p(c / t * 1e4)),
+    ("log1p", None, "log1p(count)", lambda c, t: np.log1p(c)),
+    ("log1p-cpt", None, "log1p(count/total*100)", lambda c, t: np.log1p(c / t * 100)),
+    ("log1p-cpt", 50.0, "log1p(count/total*50)", lambda c, t: np.log1p(c / t * 50)),
+    ("none", None, "count", lambda c, t: c),
+])
+def test_each_normalisation_equals_numpy_on_the_raw_file(tmp_path, normalize, scale, transform,
+                                                         formula):
+    from tabst.ingest.st import ingest_st
+
+    summ = ingest_st(_mob_specs(1), tmp_path / "n.h5", normalize=normalize, scale=scale,
+                     show_progress=False)
+    exp = _mob_expected(1)
+    cells = cells_frame(tmp_path / "n.h5", ["spot_id"])
+    raw = np.asarray([exp["rows"][s] for s in cells["spot_id"]])  # plain csv parsing
+    with open_store(tmp_path / "n.h5") as f:
+        X, C = f["expression/X"][()], f["expression/counts"][()]
+        assert f["expression/X"].attrs["transform"] == transform
+        assert f["expression/X"].attrs["normalize"] == normalize
+    assert summ["transform"] == transform and summ["normalization"].startswith(normalize)
+    np.testing.assert_array_equal(C, raw)
+    np.testing.assert_allclose(X, formula(raw, raw.sum(axis=1, keepdims=True)), rtol=1e-5,
+                               atol=1e-6)
 
 
 # ------------------------------------------------------------------------------------------
@@ -306,7 +396,7 @@ def _visium_mtx_triplets():
 def visium_store(tmp_path_factory):
     out = tmp_path_factory.mktemp("visium") / "visium.h5"
     r = CliRunner().invoke(_app(), ["ingest", "visium", str(VISIUM), "--sample", "cyt",
-                                    "--out", str(out), "--json"])
+                                    "--group", "cyt=mouse1", "--out", str(out), "--json"])
     assert r.exit_code == 0, r.output
     return out, json.loads(r.stdout.strip().splitlines()[-1])
 
@@ -321,6 +411,7 @@ def test_visium_counts_genes_and_expression_match_raw(visium_store):
     assert len(in_tissue) == 2898 and set(barcodes) == in_tissue
     cells = cells_frame(path)
     assert len(cells) == 2898 and summary["n_spots"] == 2898 and summary["n_genes"] == 19465
+    assert set(cells["group"]) == {"mouse1"} and summary["groups"] == {"cyt": "mouse1"}
     assert set(cells["cell_id"]) == in_tissue  # one sample: ids are the barcodes themselves
     with open_store(path) as f:
         genes = list(read_strings(f["expression/genes"]))
@@ -335,15 +426,18 @@ def test_visium_counts_genes_and_expression_match_raw(visium_store):
             assert gname == (f"{sym}_{gid}" if sym in dups else sym)
         rows = [0, 1234, 2897]
         X = f["expression/X"][rows]
+        C = f["expression/counts"][rows]
+        assert f["expression/X"].attrs["transform"] == "log1p(count/total*10000)"  # CLI default
     G, B, t = _visium_mtx_triplets()
     bc_index = {b: i for i, b in enumerate(barcodes)}
-    for r, xrow in zip(rows, X):
+    for r, xrow, crow in zip(rows, X, C):
         col = bc_index[cells["cell_id"].iloc[r]] + 1
         sel = t[t[:, 1] == col]
         raw = np.zeros(G)
         raw[sel[:, 0] - 1] = sel[:, 2]
         assert cells["total_counts"].iloc[r] == pytest.approx(raw.sum())
-        np.testing.assert_allclose(xrow, np.log1p(raw / raw.sum() * 100), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(xrow, np.log1p(raw / raw.sum() * 1e4), rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(crow, raw)
 
 
 @need_visium
@@ -462,9 +556,11 @@ def test_hest_fixture_round_trips(tmp_path):
                                         missing_patch=(), extra_patch=False, seed=2)
     out = tmp_path / "store" / "hest.h5"
     r = CliRunner().invoke(_app(), ["ingest", "hest", str(root), "--normalize", "log1p",
+                                    "--group", "TENX1=P1", "--group", "TENX2=P2",
                                     "--out", str(out), "--json"])
     assert r.exit_code == 0, r.output
     summary = json.loads(r.stdout.strip().splitlines()[-1])
+    assert summary["groups"] == {"TENX1": "P1", "TENX2": "P2"}
     rep = summary["sections"]["TENX1"]
     assert rep["spots_without_patch"] == 1 and rep["patches_without_expression"] == 1
     assert summary["samples"] == {"TENX1": 11, "TENX2": 9}
@@ -479,6 +575,9 @@ def test_hest_fixture_round_trips(tmp_path):
     assert a1["spot_diameter_px"] == pytest.approx(110.0)  # 55 um at 0.5 um/px
     assert (out.parent / a1["path"]).resolve() == (root / "patches" / "TENX1.h5").resolve()
     assert set(cells["tissue"]) == {"Bowel"}
+    assert (cells["group"] == cells["sample"].map({"TENX1": "P1", "TENX2": "P2"})).all()
+    with open_store(out) as f:
+        assert f["expression/X"].attrs["transform"] == "log1p(count)"  # what the HEST preset reads
     for sid, counts, bcs, spatial in (("TENX1", c1, b1, s1), ("TENX2", c2, b2, s2)):
         gcols = [["A", "B", "C", "D"], ["B", "C", "D", "E"]][sid == "TENX2"]
         cols = [gcols.index(g) for g in genes]
@@ -503,6 +602,26 @@ def test_hest_fixture_round_trips(tmp_path):
             reader.read_patch(0, {"patch_index": 999})
     finally:
         reader.close()
+
+
+def test_hest_defaults_to_cp10k_and_checks_group_ids(tmp_path):
+    root = tmp_path / "hest_data"
+    counts, bcs, _, _ = _write_hest_sample(root, "S1", ["A", "B", "C"], missing_patch=())
+    out = tmp_path / "h.h5"
+    r = CliRunner().invoke(_app(), ["ingest", "hest", str(root), "--out", str(out), "--json"])
+    assert r.exit_code == 0, r.output
+    cells = cells_frame(out, ["spot_id"])
+    raw = counts[[bcs.index(b) for b in cells["spot_id"]]]
+    with open_store(out) as f:
+        assert f["expression/X"].attrs["transform"] == "log1p(count/total*10000)"
+        np.testing.assert_allclose(f["expression/X"][()],
+                                   np.log1p(raw / raw.sum(axis=1, keepdims=True) * 1e4),
+                                   rtol=1e-5)
+        assert "cells/group" not in f  # no --group: no column
+    r = CliRunner().invoke(_app(), ["ingest", "hest", str(root), "--group", "S2=P1",
+                                    "--out", str(tmp_path / "g.h5")])
+    assert r.exit_code == 1 and "'S2'" in r.output and "sections: S1" in r.output, r.output
+    assert not (tmp_path / "g.h5").exists()
 
 
 def test_hest_mismatched_files_error(tmp_path):

@@ -7,10 +7,14 @@ Each platform reader turns its own files into one :class:`SpotSection` per secti
 - genes are resolved across sections (:func:`resolve_genes`): ``"all"`` keeps the genes every
   section measured (the intersection) and reports what each section lost; ``"strict"`` refuses
   to drop anything; a file path keeps exactly the genes listed there;
-- counts are normalised with an explicit, recorded choice (:func:`normalize_counts`):
-  ``log1p-cpt`` = log1p(count / total x scale) (Crunch 1 style, scale 100 by default),
-  ``log1p`` = log1p(count) (HEST-Benchmark style), ``none`` = raw counts. The total is each
-  spot's library size over *all* genes of its input, before gene selection;
+- counts are normalised with an explicit, recorded choice (:mod:`tabst.ingest.normalize`):
+  ``cp10k`` (default) = log1p(count / total x 10,000) as scanpy, ``log1p`` = log1p(count) as
+  HEST-Benchmark, ``log1p-cpt`` = log1p(count / total x scale) as Crunch 1 (scale 100),
+  ``none`` = raw counts. The total is each spot's library size over *all* genes of its input,
+  before gene selection (``/cells/total_counts``);
+- the raw counts of the chosen genes are kept in ``/expression/counts`` (gzip-compressed), so
+  a store can be re-normalised without re-ingesting;
+- a per-section patient/group (:mod:`tabst.ingest.groups`) becomes ``/cells/group``;
 - ``/expression/X`` is written in row chunks, so only one chunk is ever dense in memory.
 
 Top-k highly-variable-gene selection is deliberately *not* offered here: computed on all
@@ -19,7 +23,6 @@ folds only.
 """
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,8 +35,15 @@ from ..errors import InputError, TabstError
 from ..store import build_provenance, create_store, put, set_attr
 from ..util import progress, relpath_from
 from .checks import check_coordinates, check_expression_block, check_sample_name
+from .groups import GROUP_DESCRIPTION, describe_groups
+from .normalize import (
+    SPOT_DEFAULT,
+    describe_normalization,
+    normalize_counts,
+    resolve_scale,
+    transform_name,
+)
 
-NORMALIZE_CHOICES = ("log1p-cpt", "log1p", "none")
 HVG_NOTE = ("Top-k highly variable genes are not selected at ingest (that would leak test "
             "samples into the choice); tabst compare selects them on each training fold only.")
 CHUNK_ROWS = 1024
@@ -64,6 +74,9 @@ class SpotSection:
         Stable gene identifiers (e.g. Ensembl ids) aligned with ``genes``, when the input has them.
     tissue : str
         Tissue label for every spot of this section.
+    group : str or None
+        Patient/group of the section (``/cells/group``); all sections of a store have one, or
+        none has.
     extra : dict
         Extra ``/cells`` fields: name -> (array [n], description, unit or None).
     inputs : list of Path
@@ -83,6 +96,7 @@ class SpotSection:
     totals: np.ndarray | None = None
     gene_ids: list | None = None
     tissue: str = "unknown"
+    group: str | None = None
     extra: dict = field(default_factory=dict)
     inputs: list = field(default_factory=list)
     report: dict = field(default_factory=dict)
@@ -240,48 +254,6 @@ def resolve_genes(sections: Sequence[SpotSection], genes: str = "all") -> tuple[
 
 
 # ---------------------------------------------------------------------------------------------
-# normalisation
-
-
-def transform_name(normalize: str, scale: float) -> str:
-    """The ``transform`` attr for a normalisation choice."""
-    if normalize == "log1p-cpt":
-        return f"log1p(count/total*{scale:g})"
-    if normalize == "log1p":
-        return "log1p(count)"
-    if normalize == "none":
-        return "count"
-    raise TabstError(f"unknown normalisation '{normalize}'; choose one of "
-                     f"{', '.join(NORMALIZE_CHOICES)}")
-
-
-def normalize_counts(counts, totals, normalize: str = "log1p-cpt",
-                     scale: float = 100.0) -> np.ndarray:
-    """Normalise a block of raw counts [n, g] (dense or sparse) to a dense float32 array.
-
-    ``totals`` [n] are the spots' library sizes over all genes of the input (not just the
-    selected ones). A spot with total 0 gets a row of zeros under ``log1p-cpt``. Sparse input is
-    transformed on its non-zeros (every transform maps 0 to 0) and densified once, as float32.
-    """
-    transform_name(normalize, scale)  # validates
-    if normalize == "none":
-        X = counts.toarray() if sp.issparse(counts) else np.asarray(counts)
-        return X.astype(np.float32, copy=False)
-    M = sp.csr_matrix(counts, dtype=np.float64, copy=True)
-    if normalize == "log1p-cpt":
-        t = np.asarray(totals, dtype=np.float64).ravel()
-        f = np.divide(scale, t, out=np.zeros_like(t), where=t > 0)
-        M = sp.csr_matrix(sp.diags(f) @ M)
-    M.data = np.log1p(M.data)
-    return M.astype(np.float32).toarray()
-
-
-def chunk_rows_for(n_genes: int, budget_bytes: int = 64 << 20) -> int:
-    """Rows per dense float32 chunk so that one chunk stays within ``budget_bytes``."""
-    return int(max(1, min(CHUNK_ROWS * 16, budget_bytes // max(1, 4 * n_genes))))
-
-
-# ---------------------------------------------------------------------------------------------
 # images
 
 
@@ -309,6 +281,11 @@ def check_inside(sec_name: str, x, y, height: int, width: int, file, what: str, 
 # writing
 
 
+def chunk_rows_for(n_genes: int, budget_bytes: int = 64 << 20) -> int:
+    """Rows per dense float32 chunk so that one chunk stays within ``budget_bytes``."""
+    return int(max(1, min(CHUNK_ROWS * 16, budget_bytes // max(1, 4 * n_genes))))
+
+
 def _cell_ids(sections: Sequence[SpotSection]) -> list[np.ndarray]:
     names = [s.sample for s in sections]
     dup = sorted({n for n in names if names.count(n) > 1})
@@ -331,8 +308,109 @@ def _cell_ids(sections: Sequence[SpotSection]) -> list[np.ndarray]:
     return out
 
 
-def write_spot_store(sections: Sequence[SpotSection], out, *, normalize: str = "log1p-cpt",
-                     scale: float = 100.0, genes: str = "all", force: bool = False,
+def _section_groups(sections: Sequence[SpotSection]) -> list[str] | None:
+    """The sections' groups, or None when no section has one (a partial grouping is refused)."""
+    given = [s.group for s in sections]
+    if all(g is None for g in given):
+        return None
+    missing = [s.sample for s, g in zip(sections, given) if g is None]
+    if missing:
+        raise TabstError(f"sections without a group: {', '.join(missing)}; give every section "
+                         "a group or none")
+    return [str(g) for g in given]
+
+
+def _write_cells(f, sections: Sequence[SpotSection], ids: list, groups, platform: str) -> None:
+    """``/cells``: ids, sample, tissue, group (when given), x, y, total_counts, readers' extras."""
+    def per_section(value_of):
+        return np.concatenate([np.full(len(s.spot_ids), value_of(s), dtype=object)
+                               for s in sections])
+
+    c = f.create_group("cells")
+    put(c, "cell_id", np.concatenate(ids), description=(
+        f"unique spot identifier ({platform} spot id" +
+        (", prefixed with '<sample>_')" if len(sections) > 1 else ")")))
+    put(c, "spot_id", np.concatenate([s.spot_ids for s in sections]),
+        description=f"the platform's own spot id ({platform}), unique within a sample")
+    put(c, "sample", per_section(lambda s: s.sample),
+        description="sample (section) the spot belongs to")
+    put(c, "tissue", per_section(lambda s: s.tissue),
+        description="tissue type ('unknown' when not given)")
+    if groups is not None:
+        put(c, "group", per_section(lambda s: s.group), description=GROUP_DESCRIPTION)
+    put(c, "x", np.concatenate([s.x for s in sections]), unit="px",
+        description="spot centre x (column) in the sample's image (see /images/<sample>)")
+    put(c, "y", np.concatenate([s.y for s in sections]), unit="px",
+        description="spot centre y (row) in the sample's image (see /images/<sample>)")
+    put(c, "total_counts", np.concatenate([s.totals for s in sections]), unit="counts",
+        description="library size: raw counts of the spot summed over all genes of the "
+                    "input (before gene selection); the 'total' of cp10k and log1p-cpt")
+    extra_keys = sorted(set.intersection(*[set(s.extra) for s in sections]))
+    for k in extra_keys:
+        arr = np.concatenate([np.asarray(s.extra[k][0]) for s in sections])
+        _, desc, unit = sections[0].extra[k]
+        put(c, k, arr, description=desc, unit=unit)
+
+
+def _write_images(f, sections: Sequence[SpotSection], base: Path) -> None:
+    g = f.create_group("images")
+    for s in sections:
+        gs = g.create_group(s.sample)
+        attrs = dict(s.image)
+        for key in ("path", "mask_path"):
+            p = attrs.get(key) or ""
+            attrs[key] = relpath_from(p, base) if p else ""
+        attrs.setdefault("mask_path", "")
+        attrs.setdefault("description", f"image of sample {s.sample}")
+        for k, v in attrs.items():
+            set_attr(gs, k, v)
+
+
+def _write_expression(f, sections, chosen, gene_report, *, normalize, scale, transform,
+                      platform, chunk_rows, show_progress) -> None:
+    """``/expression``: X (normalised), counts (raw, compressed), genes [, gene_ids], written
+    chunk by chunk so only one chunk of rows is dense at a time."""
+    n_total, G = sum(len(s.spot_ids) for s in sections), len(chosen)
+    e = f.create_group("expression")
+    scale_attr = {} if scale is None else {"scale": float(scale)}
+    X = put(e, "X", shape=(n_total, G), dtype=np.float32, unit=transform,
+            description=f"expression, spots x genes: {transform} of the raw counts "
+                        f"(normalize={normalize}; raw counts in /expression/counts)",
+            transform=transform, normalize=normalize, gene_selection=gene_report["mode"],
+            hvg_note=HVG_NOTE, **scale_attr)
+    C = put(e, "counts", shape=(n_total, G), dtype=np.float32, unit="count", compression="fast",
+            description="raw counts, spots x genes (the columns of X), kept so the expression "
+                        "can be re-normalised; the total of cp10k / log1p-cpt is "
+                        "/cells/total_counts (over all genes of the input)")
+    put(e, "genes", np.asarray(chosen, dtype=object), description="gene names, columns of X")
+    if all(s.gene_ids is not None for s in sections):
+        maps = [dict(zip(s.genes, s.gene_ids)) for s in sections]
+        put(e, "gene_ids", np.asarray([maps[0][g] for g in chosen], dtype=object),
+            description="stable gene identifiers (e.g. Ensembl ids), aligned with genes")
+    set_attr(e, "genes_report", gene_report)
+    row = 0
+    bar = progress(unit="spots") if show_progress else None
+    try:
+        task = bar.add_task(f"writing {platform} expression", total=n_total) if bar else None
+        if bar:
+            bar.start()
+        for s in sections:
+            pos = {g: i for i, g in enumerate(s.genes)}
+            M = s.counts[:, np.asarray([pos[g] for g in chosen], dtype=np.int64)]
+            for a in range(0, M.shape[0], chunk_rows):
+                b = min(a + chunk_rows, M.shape[0])
+                X[row + a:row + b] = normalize_counts(M[a:b], s.totals[a:b], normalize, scale)
+                C[row + a:row + b] = M[a:b].toarray().astype(np.float32, copy=False)
+                if bar:
+                    bar.update(task, advance=b - a)
+            row += M.shape[0]
+    finally:
+        if bar:
+            bar.stop()
+
+
+def write_spot_store(sections: Sequence[SpotSection], out, *, normalize: str = SPOT_DEFAULT,
+                     scale: float | None = None, genes: str = "all", force: bool = False,
                      command: Sequence[str] | None = None, platform: str = "spots",
                      hash_inputs: bool = True, chunk_rows: int | None = None,
                      show_progress: bool = True) -> dict:
@@ -342,8 +420,9 @@ def write_spot_store(sections: Sequence[SpotSection], out, *, normalize: str = "
     ----------
     sections : list of :class:`SpotSection`
     out : path of the store to create.
-    normalize : ``log1p-cpt`` | ``log1p`` | ``none`` (see module docstring).
-    scale : the ``scale`` of ``log1p-cpt`` (100 like Crunch 1; 1e4 like scanpy's default).
+    normalize : ``cp10k`` | ``log1p`` | ``log1p-cpt`` | ``none`` (see
+        :mod:`tabst.ingest.normalize`).
+    scale : the ``scale`` of ``log1p-cpt`` (default 100 like Crunch 1); refused for the others.
     genes : ``all`` | ``strict`` | path of a gene list (see :func:`resolve_genes`).
     force : overwrite an existing store.
     command : the command line recorded in the provenance (default ``sys.argv``).
@@ -353,114 +432,49 @@ def write_spot_store(sections: Sequence[SpotSection], out, *, normalize: str = "
     Returns
     -------
     dict : summary (``store``, ``n_spots``, ``n_genes``, ``samples`` {name: n_spots},
-        ``genes`` report, ``sections`` reports, ``transform``).
+        ``groups`` {name: group} or None, ``genes`` report, ``sections`` reports,
+        ``normalize``, ``transform``, ``normalization`` (one line saying what X is)).
     """
+    scale = resolve_scale(normalize, scale)
     transform = transform_name(normalize, scale)
-    if normalize == "log1p-cpt" and not (scale > 0 and math.isfinite(scale)):
-        raise TabstError(f"--scale must be a positive number, got {scale}")
     sections = list(sections)
     chosen, gene_report = resolve_genes(sections, genes)
     ids = _cell_ids(sections)
+    groups = _section_groups(sections)
     out = Path(out)
-    base = out.resolve().parent
     n_total = sum(len(s.spot_ids) for s in sections)
-    G = len(chosen)
     if n_total == 0:
         raise TabstError("no spots to write: every section is empty after selection "
                          "(try --all-spots to keep spots outside the tissue)")
-    chunk_rows = chunk_rows or chunk_rows_for(G)
-    col_idx = []
-    for s in sections:
-        pos = {g: i for i, g in enumerate(s.genes)}
-        col_idx.append(np.asarray([pos[g] for g in chosen], dtype=np.int64))
-    extra_keys = sorted(set.intersection(*[set(s.extra) for s in sections])) if sections else []
-    gene_ids = None
-    if all(s.gene_ids is not None for s in sections):
-        maps = [dict(zip(s.genes, s.gene_ids)) for s in sections]
-        gene_ids = [maps[0][g] for g in chosen]
+    group_map = None if groups is None else {s.sample: g for s, g in zip(sections, groups)}
     reports = {s.sample: s.report for s in sections}
-    inputs = [p for s in sections for p in s.inputs]
-    prov = build_provenance(inputs, command=command, hash_inputs=hash_inputs,
-                            platform=platform, normalize=normalize, scale=scale,
-                            transform=transform, genes=gene_report, sections=reports,
-                            hvg_note=HVG_NOTE)
+    prov = build_provenance([p for s in sections for p in s.inputs], command=command,
+                            hash_inputs=hash_inputs, platform=platform, normalize=normalize,
+                            scale=scale, transform=transform, genes=gene_report,
+                            sections=reports, groups=group_map, hvg_note=HVG_NOTE)
     with create_store(out, force=force, provenance=prov) as f:
-        c = f.create_group("cells")
-        put(c, "cell_id", np.concatenate(ids), description=(
-            f"unique spot identifier ({platform} spot id" +
-            (", prefixed with '<sample>_')" if len(sections) > 1 else ")")))
-        put(c, "spot_id", np.concatenate([s.spot_ids for s in sections]),
-            description=f"the platform's own spot id ({platform}), unique within a sample")
-        put(c, "sample", np.concatenate([np.full(len(s.spot_ids), s.sample, dtype=object)
-                                         for s in sections]),
-            description="sample (section) the spot belongs to")
-        put(c, "tissue", np.concatenate([np.full(len(s.spot_ids), s.tissue, dtype=object)
-                                         for s in sections]),
-            description="tissue type ('unknown' when not given)")
-        put(c, "x", np.concatenate([s.x for s in sections]), unit="px",
-            description="spot centre x (column) in the sample's image (see /images/<sample>)")
-        put(c, "y", np.concatenate([s.y for s in sections]), unit="px",
-            description="spot centre y (row) in the sample's image (see /images/<sample>)")
-        put(c, "total_counts", np.concatenate([s.totals for s in sections]), unit="counts",
-            description="library size: raw counts of the spot summed over all genes of the "
-                        "input (before gene selection); the 'total' of log1p-cpt")
-        for k in extra_keys:
-            arr = np.concatenate([np.asarray(s.extra[k][0]) for s in sections])
-            _, desc, unit = sections[0].extra[k]
-            put(c, k, arr, description=desc, unit=unit)
-        g = f.create_group("images")
-        for s in sections:
-            gs = g.create_group(s.sample)
-            attrs = dict(s.image)
-            for key in ("path", "mask_path"):
-                p = attrs.get(key) or ""
-                attrs[key] = relpath_from(p, base) if p else ""
-            attrs.setdefault("mask_path", "")
-            attrs.setdefault("description", f"image of sample {s.sample}")
-            for k, v in attrs.items():
-                set_attr(gs, k, v)
-        e = f.create_group("expression")
-        X = put(e, "X", shape=(n_total, G), dtype=np.float32, unit=transform,
-                description=f"expression, spots x genes: {transform} of the raw counts "
-                            f"(normalize={normalize})",
-                transform=transform, normalize=normalize, scale=float(scale),
-                gene_selection=gene_report["mode"], hvg_note=HVG_NOTE)
-        put(e, "genes", np.asarray(chosen, dtype=object),
-            description="gene names, columns of X")
-        if gene_ids is not None:
-            put(e, "gene_ids", np.asarray(gene_ids, dtype=object),
-                description="stable gene identifiers (e.g. Ensembl ids), aligned with genes")
-        set_attr(e, "genes_report", gene_report)
-        row = 0
-        bar = progress(unit="spots") if show_progress else None
-        try:
-            task = bar.add_task(f"writing {platform} expression", total=n_total) if bar else None
-            if bar:
-                bar.start()
-            for s, cols in zip(sections, col_idx):
-                M = s.counts[:, cols]
-                for a in range(0, M.shape[0], chunk_rows):
-                    b = min(a + chunk_rows, M.shape[0])
-                    X[row + a:row + b] = normalize_counts(M[a:b], s.totals[a:b], normalize, scale)
-                    if bar:
-                        bar.update(task, advance=b - a)
-                row += M.shape[0]
-        finally:
-            if bar:
-                bar.stop()
-    return {"store": str(out), "platform": platform, "n_spots": int(n_total), "n_genes": int(G),
-            "samples": {s.sample: int(len(s.spot_ids)) for s in sections},
-            "transform": transform, "genes": gene_report, "sections": reports}
+        _write_cells(f, sections, ids, groups, platform)
+        _write_images(f, sections, out.resolve().parent)
+        _write_expression(f, sections, chosen, gene_report, normalize=normalize, scale=scale,
+                          transform=transform, platform=platform,
+                          chunk_rows=chunk_rows or chunk_rows_for(len(chosen)),
+                          show_progress=show_progress)
+    return {"store": str(out), "platform": platform, "n_spots": int(n_total),
+            "n_genes": len(chosen), "samples": {s.sample: int(len(s.spot_ids)) for s in sections},
+            "groups": group_map, "normalize": normalize, "transform": transform,
+            "normalization": describe_normalization(normalize, scale), "genes": gene_report,
+            "sections": reports}
 
 
 def describe_summary(summary: dict) -> list[str]:
     """Human-readable lines for a :func:`write_spot_store` summary (the CLI prints them)."""
     lines = [(f"wrote {summary['store']}: {summary['n_spots']:,} spots x {summary['n_genes']:,} "
               f"genes ({summary['platform']}, X = {summary['transform']})")]
+    groups = summary.get("groups")
     for name, n in summary["samples"].items():
         rep = summary["sections"].get(name, {})
         gr = summary["genes"]["per_sample"].get(name, {})
-        bits = [f"{n:,} spots"]
+        bits = [f"{n:,} spots"] + ([f"group={groups[name]}"] if groups else [])
         for k in ("match_rate", "spots_in_counts", "spots_selected", "spots_dropped_unmatched",
                   "image_choice", "spot_diameter_px", "patches_without_expression",
                   "spots_without_patch"):
@@ -471,5 +485,9 @@ def describe_summary(summary: dict) -> list[str]:
             bits.append(f"genes dropped={gr['n_dropped']} (e.g. "
                         f"{', '.join(gr['dropped_examples'][:3])})")
         lines.append(f"  {name}: " + ", ".join(bits))
+    lines.append(f"  normalisation {summary['normalization']}; raw counts kept in "
+                 "/expression/counts")
+    lines.append("  groups: " + describe_groups(groups))
     lines.append("  note: " + HVG_NOTE)
     return lines
+

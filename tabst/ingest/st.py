@@ -31,6 +31,7 @@ import scipy.sparse as sp
 
 from ..errors import InputError
 from .checks import check_coordinates, check_expression_block, check_sample_name, numeric_columns
+from .normalize import SPOT_DEFAULT
 from .spots import SpotSection, check_inside, image_shape
 
 ALIGNMENT_COLUMNS = ("x", "y", "pixel_x", "pixel_y", "selected")
@@ -208,6 +209,14 @@ def spot_geometry(align: pd.DataFrame, spot_diameter_um: float = ST_SPOT_DIAMETE
             "spot_diameter_px": float(spot_diameter_um / um_per_px)}
 
 
+def st_sample_name(counts, sample: str | None = None) -> str:
+    """The section's sample name: ``sample``, else the count file's name without extensions."""
+    if sample is not None:
+        return sample
+    name = Path(counts).name
+    return re.sub(r"(\.tsv|\.txt|\.csv)?(\.gz)?$", "", name) or name
+
+
 def read_st_section(counts, alignment, image, sample: str | None = None, *,
                     all_spots: bool = False, tissue: str = "unknown",
                     spot_diameter_um: float = ST_SPOT_DIAMETER_UM,
@@ -224,8 +233,7 @@ def read_st_section(counts, alignment, image, sample: str | None = None, *,
     array_unit_um : micrometres per array unit (default: recognised from the layout).
     """
     counts, alignment, image = Path(counts), Path(alignment), Path(image)
-    if sample is None:
-        sample = re.sub(r"(\.tsv|\.txt|\.csv)?(\.gz)?$", "", counts.name) or counts.name
+    sample = st_sample_name(counts, sample)
     spot_ids, genes, M, orientation = read_st_counts(counts)
     a = read_alignment(alignment)
     h, w, c = image_shape(image)
@@ -312,9 +320,15 @@ def parse_section_spec(spec: str, base: Path | None = None) -> tuple[Path, Path,
     return paths[0], paths[1], paths[2], (parts[3] if len(parts) == 4 and parts[3] else None)
 
 
-def read_manifest(path) -> list[tuple[Path, Path, Path, str | None]]:
-    """A CSV/TSV manifest with columns counts, alignment, image[, sample]; relative paths are
-    resolved against the manifest's folder."""
+def read_manifest(path) -> tuple[list[tuple[Path, Path, Path, str | None]], dict]:
+    """A CSV/TSV manifest with columns counts, alignment, image[, sample][, group]; relative
+    paths are resolved against the manifest's folder.
+
+    Returns (specs, groups): ``(counts, alignment, image, sample_or_None)`` per row, and
+    ``{sample: group}`` for the rows with a non-empty ``group`` (the sample name as
+    :func:`st_sample_name` resolves it)."""
+    from .groups import add_group
+
     path = Path(path)
     if not path.is_file():
         raise InputError("manifest not found", file=path)
@@ -323,8 +337,9 @@ def read_manifest(path) -> list[tuple[Path, Path, Path, str | None]]:
     for col in ("counts", "alignment", "image"):
         if col not in m.columns:
             raise InputError(f"missing column '{col}' (has: {', '.join(m.columns)})", file=path,
-                             column=col, fix="columns: counts, alignment, image[, sample]")
-    out = []
+                             column=col, fix="columns: counts, alignment, image[, sample]"
+                                             "[, group]")
+    out, groups = [], {}
     for r, row in enumerate(m.itertuples(index=False), start=1):
         vals = []
         for col in ("counts", "alignment", "image"):
@@ -336,9 +351,12 @@ def read_manifest(path) -> list[tuple[Path, Path, Path, str | None]]:
         name = getattr(row, "sample", None) if "sample" in m.columns else None
         if isinstance(name, str) and name.strip():
             check_sample_name(name.strip(), file=path, row=r, column="sample")
-        out.append((vals[0], vals[1], vals[2], name.strip() if isinstance(name, str) and
-                    name.strip() else None))
-    return out
+        name = name.strip() if isinstance(name, str) and name.strip() else None
+        out.append((vals[0], vals[1], vals[2], name))
+        group = getattr(row, "group", None) if "group" in m.columns else None
+        if isinstance(group, str) and group.strip():
+            add_group(groups, st_sample_name(vals[0], name), group, f"{path.name} row {r}")
+    return out, groups
 
 
 def read_st_sections(specs: Sequence[tuple], **kwargs) -> list[SpotSection]:
@@ -346,20 +364,32 @@ def read_st_sections(specs: Sequence[tuple], **kwargs) -> list[SpotSection]:
     return [read_st_section(c, a, i, n, **kwargs) for c, a, i, n in specs]
 
 
-def ingest_st(specs: Sequence[tuple], out, *, all_spots: bool = False, tissue: str = "unknown",
-              normalize: str = "log1p-cpt", scale: float = 100.0, genes: str = "all",
-              force: bool = False, spot_diameter_um: float = ST_SPOT_DIAMETER_UM,
-              array_unit_um: float | None = None, command=None, show_progress: bool = True) -> dict:
+def ingest_st(specs: Sequence[tuple], out, *, groups: dict | None = None,
+              all_spots: bool = False, tissue: str = "unknown", normalize: str = SPOT_DEFAULT,
+              scale: float | None = None, genes: str = "all", force: bool = False,
+              spot_diameter_um: float = ST_SPOT_DIAMETER_UM, array_unit_um: float | None = None,
+              command=None, show_progress: bool = True) -> dict:
     """Ingest legacy-ST sections into one new store; returns the write summary
-    (see :func:`tabst.ingest.spots.write_spot_store`)."""
+    (see :func:`tabst.ingest.spots.write_spot_store`).
+
+    ``specs`` are ``(counts, alignment, image, sample_or_None)``; ``groups`` maps sample names
+    to patient/group labels (``/cells/group``; checked before any file is read, see
+    :func:`tabst.ingest.groups.assign_groups`).
+    """
+    from .groups import assign_groups
+    from .normalize import resolve_scale
     from .spots import write_spot_store
 
     if not specs:
         raise InputError("no ST section given",
                          fix="give COUNTS ALIGNMENT IMAGE, or --section COUNTS,ALIGNMENT,IMAGE"
                              "[,NAME] (repeatable), or --manifest FILE")
+    resolve_scale(normalize, scale)  # a bad choice fails before reading
+    group_of = assign_groups([st_sample_name(c, n) for c, _, _, n in specs], groups)
     sections = read_st_sections(specs, all_spots=all_spots, tissue=tissue,
                                 spot_diameter_um=spot_diameter_um, array_unit_um=array_unit_um)
+    for sec, g in zip(sections, group_of):
+        sec.group = g
     return write_spot_store(sections, out, normalize=normalize, scale=scale, genes=genes,
                             force=force, command=command, platform="ST",
                             show_progress=show_progress)

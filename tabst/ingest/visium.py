@@ -40,6 +40,7 @@ from .checks import (
     numeric_columns,
     read_json_object,
 )
+from .normalize import SPOT_DEFAULT
 from .spots import SpotSection, check_inside, image_shape, make_unique
 
 VISIUM_SPOT_DIAMETER_UM = 55.0
@@ -339,13 +340,17 @@ def read_visium(outs, sample: str | None = None, *, fullres_image=None, all_spot
 def ingest_visium(outs_dirs: Sequence, out, *, samples: Sequence[str] | None = None,
                   fullres_images: Sequence | None = None, all_spots: bool = False,
                   gene_names: str = "symbol", tissue: str = "unknown",
-                  normalize: str = "log1p-cpt", scale: float = 100.0, genes: str = "all",
-                  force: bool = False, command=None, show_progress: bool = True) -> dict:
+                  groups: dict | None = None, normalize: str = SPOT_DEFAULT,
+                  scale: float | None = None, genes: str = "all", force: bool = False,
+                  command=None, show_progress: bool = True) -> dict:
     """Ingest one or more Space Ranger output folders into one new store.
 
-    ``samples`` and ``fullres_images`` (optional) are matched to ``outs_dirs`` by position.
-    Returns the write summary of :func:`tabst.ingest.spots.write_spot_store`.
+    ``samples`` and ``fullres_images`` (optional) are matched to ``outs_dirs`` by position;
+    ``groups`` maps sample names to patient/group labels (``/cells/group``, checked before any
+    file is read). Returns the write summary of :func:`tabst.ingest.spots.write_spot_store`.
     """
+    from .groups import assign_groups
+    from .normalize import resolve_scale
     from .spots import write_spot_store
 
     outs_dirs = [Path(o) for o in outs_dirs]
@@ -359,10 +364,14 @@ def ingest_visium(outs_dirs: Sequence, out, *, samples: Sequence[str] | None = N
     if fulls and len(fulls) != len(outs_dirs):
         raise InputError(f"{len(fulls)} --fullres-image(s) for {len(outs_dirs)} folder(s)",
                          fix="give one --fullres-image per OUTS_DIR, in the same order, or none")
-    sections = [read_visium(o, samples[i] if samples else None,
-                            fullres_image=fulls[i] if fulls else None, all_spots=all_spots,
-                            gene_names=gene_names, tissue=tissue)
+    resolve_scale(normalize, scale)  # a bad choice fails before reading
+    names = samples or [default_visium_name(o) for o in outs_dirs]
+    group_of = assign_groups(names, groups)
+    sections = [read_visium(o, names[i], fullres_image=fulls[i] if fulls else None,
+                            all_spots=all_spots, gene_names=gene_names, tissue=tissue)
                 for i, o in enumerate(outs_dirs)]
+    for sec, g in zip(sections, group_of):
+        sec.group = g
     return write_spot_store(sections, out, normalize=normalize, scale=scale, genes=genes,
                             force=force, command=command, platform="Visium",
                             show_progress=show_progress)
