@@ -13,6 +13,7 @@ from tabst.models import REGISTRY, RidgeModel, TabstModel, make_model, model_def
 FAST = {
     "mean": {},
     "ridge": {"alphas": list(np.logspace(-2, 4, 13))},
+    "ridge-hest": {},
     "tree": {"max_depth": 4, "min_samples_leaf": 5},
     "xgboost": {"n_estimators": 40, "max_depth": 3, "learning_rate": 0.2, "n_jobs": 1,
                 "early_stopping_rounds": 10, "device": "cpu"},
@@ -95,7 +96,7 @@ def test_models_learn(name, data):
 
 
 def test_params_and_defaults():
-    assert set(REGISTRY) == {"mean", "ridge", "tree", "xgboost", "tabnet"}
+    assert set(REGISTRY) == {"mean", "ridge", "ridge-hest", "tree", "xgboost", "tabnet"}
     with pytest.raises(TabstError, match="unknown parameter"):
         make_model("ridge", {"alpha": 1.0})
     with pytest.raises(TabstError, match="unknown model"):
@@ -103,6 +104,7 @@ def test_params_and_defaults():
     assert model_defaults("xgboost")["codec"] == "pca"
     assert model_defaults("tabnet")["codec"] == "pca" and model_defaults("tree")["codec"] == "pca"
     assert model_defaults("ridge")["codec"] == "identity"
+    assert model_defaults("ridge-hest")["codec"] == "identity"
     assert model_defaults("mean")["codec"] == "identity"
     assert make_model("xgboost").display_name == "xgboost+pca32"
 

@@ -5,8 +5,8 @@ API summary (for compare / explain / predict)
 
 Registry
 --------
-``REGISTRY: dict[str, type]`` = ``{"mean": MeanModel, "ridge": RidgeModel, "tree": TreeModel,
-"xgboost": XGBoostModel, "tabnet": TabNetModel}``.
+``REGISTRY: dict[str, type]`` = ``{"mean": MeanModel, "ridge": RidgeModel, "ridge-hest":
+RidgeHestModel, "tree": TreeModel, "xgboost": XGBoostModel, "tabnet": TabNetModel}``.
 ``make_model(name, params=None)`` → ``REGISTRY[name](**params)``; ``model_defaults(name)`` → every
 parameter with its default; ``load_model(dir)`` (= ``TabstModel.load(dir)``) loads any saved model.
 
@@ -18,7 +18,7 @@ Every model (``tabst.models.base.TabstModel``)
   naming ``model.param``, the value and what is allowed.
   Common params (``COMMON_DEFAULTS``): ``codec`` ("identity" | "pca"), ``codec_k`` (32),
   ``seed`` (0). Per-model params and defaults: ``Model.DEFAULTS`` (see each class docstring).
-  Default codec: "pca" for xgboost, tabnet, tree; "identity" for ridge, mean.
+  Default codec: "pca" for xgboost, tabnet, tree; "identity" for ridge, ridge-hest, mean.
 - ``display_name``: e.g. ``"xgboost+pca32"``, ``"ridge"`` (codec shown unless identity).
 - ``fit(X, Y, groups=None, *, feature_names=None, feature_groups=None, target_names=None)``
   → self. X float [n, F] (NaN allowed), Y [n, G] (finite), groups [n] sample ids (used for
@@ -27,8 +27,8 @@ Every model (``tabst.models.base.TabstModel``)
 - ``explain(X)`` → ``Explanation(values float32 [n, F, G], base float64 [G], feature_names,
   feature_groups, output_names, method)``; ``base + values.sum(1) == predict(X)`` (float tol.).
   ``Explanation.prediction`` [n, G]; ``Explanation.by_group()`` → (group names, [n, n_groups, G]).
-  Methods: mean → zeros; ridge → exact linear SHAP; tree → shap.TreeExplainer; xgboost →
-  ``pred_contribs`` (TreeSHAP); tabnet → integrated gradients + completeness correction.
+  Methods: mean → zeros; ridge, ridge-hest → exact linear SHAP; tree → shap.TreeExplainer;
+  xgboost → ``pred_contribs`` (TreeSHAP); tabnet → integrated gradients + completeness correction.
   Attributions on PCA codes are mapped to genes linearly (``codec.decode_attributions``).
 - ``save(dir)`` (atomic: temp folder + rename) / ``Model.load(dir)`` / ``TabstModel.load(dir)``.
 - Learned attributes end in ``_``; after fit always: ``fit_seconds_``, ``peak_mem_mb_`` (peak RSS
@@ -48,6 +48,9 @@ Model-specific extras
   [n_folds, n_alphas, k], ``cv_fold_groups_``, ``cv_kind_`` ("grouped" | "rows"), ``coef_``,
   ``mean_x_``, ``scale_x_``, ``mean_y_``. ``fit_batches(iterable of (X, Y, groups), *,
   feature_names=None, feature_groups=None, target_names=None)`` fits out-of-core.
+- ``RidgeHestModel`` (``ridge-hest``): HEST-Benchmark's probe, ``sklearn`` Ridge with one
+  α = 100 / (d · n_genes) (``alpha`` None; or a number), lsqr (``max_iter`` 1000, ``tol`` 1e-4),
+  no intercept. Attrs ``alpha_``, ``coef_`` [F, k], ``mean_x_``, ``n_iter_``.
 - ``TreeModel``: params ``max_depth`` (6), ``min_samples_leaf`` (20), ``max_features`` (None),
   ``ccp_alpha`` (0.0). ``rules_text(output=0, *, component=False, max_depth=10, decimals=3)``
   (output = gene index or name; component=True → code index), ``single_output_tree(output,
@@ -79,6 +82,7 @@ from __future__ import annotations
 from .base import COMMON_DEFAULTS, Explanation, TabstModel, inner_split, resolve_device
 from .mean import MeanModel
 from .ridge import RidgeModel
+from .ridge_hest import RidgeHestModel
 from .tabnet import TabNetModel
 from .tree import TreeModel
 from .xgboost import XGBoostModel
@@ -86,6 +90,7 @@ from .xgboost import XGBoostModel
 REGISTRY: dict[str, type] = {
     "mean": MeanModel,
     "ridge": RidgeModel,
+    "ridge-hest": RidgeHestModel,
     "tree": TreeModel,
     "xgboost": XGBoostModel,
     "tabnet": TabNetModel,
@@ -111,6 +116,7 @@ def load_model(path) -> TabstModel:
     return TabstModel.load(path)
 
 
-__all__ = ["REGISTRY", "Explanation", "TabstModel", "MeanModel", "RidgeModel", "TreeModel",
+__all__ = ["REGISTRY", "Explanation", "TabstModel", "MeanModel", "RidgeModel", "RidgeHestModel",
+           "TreeModel",
            "XGBoostModel", "TabNetModel", "make_model", "model_defaults", "load_model",
            "inner_split", "resolve_device"]
