@@ -2,8 +2,9 @@
 
 A feature set is a dict (from YAML), every key optional (defaults in :data:`DEFAULT_FEATURE_SET`)::
 
-    embedding:     {name: auto | <name in /embeddings>, pca: 64 | null}   # or null: no embedding
-    metadata:      {tissue: true, position: true}
+    embedding:     {name: auto | <name in /embeddings>, pca: 64 | null, standardize: false}
+                   # or null: no embedding
+    metadata:      {tissue: true, position: auto}   # position: true | false | auto
     features:      [morphology]            # datasets in /features (names/groups from their attrs)
     neighbourhood: {k: 8, components: 16} | null
 
@@ -12,12 +13,19 @@ Columns, in this order, with their group:
 - ``emb_pc1..`` (group ``embedding``): the embedding projected on its first ``pca`` principal
   components; the PCA (mean + components) is fitted on the *training rows only*, streaming with
   :func:`tabst.store.iter_batches` and an exact float64 covariance accumulation (``dsyrk``), then
-  ``eigh``. ``pca: null`` → the raw embedding columns ``emb_0..``.
+  ``eigh``. ``pca: null`` → the raw embedding columns ``emb_0..``. ``standardize: true``
+  standardises each embedding column first (training mean and population sd, as sklearn's
+  ``StandardScaler``; a constant column gets sd 1), so the PCA is that of the correlation
+  matrix: HEST-Benchmark's ``StandardScaler → PCA(256)`` (each component's sign makes its
+  largest-magnitude loading positive, as sklearn's ``svd_flip``).
 - ``tissue=<t>`` (group ``tissue``): one-hot over the tissues seen in the training rows; an unseen
   tissue gives all zeros.
 - ``x_norm``, ``y_norm`` (group ``position``): min–max normalised to [0, 1] within each sample,
   over all cells of that sample in the store (the position of a cell in its own section; no
   expression is used, so it does not leak). A sample whose cells all share one x (or y) gets 0.5.
+  ``position: auto`` = on for cell stores, off for spot stores (:func:`is_spot_store`): on spots
+  the position is a tissue-layout prior of the section, not image evidence (``position_`` and
+  ``position_reason_`` record the choice).
 - the columns of each ``/features/<name>`` (names and groups from the dataset's ``names`` and
   ``groups`` attrs; group defaults to ``<name>``). Missing values stay NaN.
 - ``nbr_pc1..`` (group ``neighbourhood``): mean of the first ``components`` embedding PCs over the
@@ -25,91 +33,28 @@ Columns, in this order, with their group:
   looked up among all cells of the sample in the store, the cell itself excluded). A sample with a
   single cell gives NaN.
 
+Constant columns: a ``tissue``, ``position`` or ``/features`` column that is constant over the
+training rows (e.g. ``tissue=unknown`` for every spot) carries nothing and is dropped at fit
+(``dropped_constant_`` lists each with its value; embedding columns are always kept).
+
 NaN policy: the builder keeps NaN (XGBoost handles it). Models that cannot (ridge, tree, tabnet,
 mean) impute in-fold medians themselves (:class:`tabst.models.base.TabstModel`), so a saved model
 carries its own imputer.
 """
 from __future__ import annotations
 
-import copy
 import json
 from pathlib import Path
 
 import numpy as np
 
 from .errors import StoreError, TabstError
+from .feature_spec import DEFAULT_FEATURE_SET, is_spot_store, resolve_position, validate_spec
 from .safeio import check_legacy_file, check_no_pickles, load_npz
 from .store import get_str_list, iter_batches, opened, read_strings
 
-DEFAULT_FEATURE_SET = {
-    "embedding": {"name": "auto", "pca": 64},
-    "metadata": {"tissue": True, "position": True},
-    "features": ["morphology"],
-    "neighbourhood": None,
-}
-_TOP_KEYS = set(DEFAULT_FEATURE_SET)
-
-
-def validate_spec(spec: dict | None) -> dict:
-    """Merge ``spec`` over the defaults and check it; raises :class:`TabstError` naming the key."""
-    spec = {} if spec is None else dict(spec)
-    unknown = sorted(set(spec) - _TOP_KEYS)
-    if unknown:
-        raise TabstError(f"feature set: unknown key(s) {', '.join(unknown)}; "
-                         f"valid keys: {', '.join(sorted(_TOP_KEYS))}.")
-    out = copy.deepcopy(DEFAULT_FEATURE_SET)
-    for k, v in spec.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = {**out[k], **v}
-        else:
-            out[k] = v
-    emb = out["embedding"]
-    if emb is not None:
-        if not isinstance(emb, dict) or set(emb) - {"name", "pca"}:
-            raise TabstError("feature set: 'embedding' must be null or "
-                             "{name: auto|NAME, pca: int|null}.")
-        _check_type(emb.get("name"), "embedding.name", (str, type(None)), "a name or auto")
-        _check_type(emb.get("pca"), "embedding.pca", (int, type(None)),
-                    "an integer >= 1 or null")
-        if emb.get("pca") is not None and emb["pca"] < 1:
-            raise TabstError(f"feature set: key 'embedding.pca' must be an integer >= 1 or null, "
-                             f"got {emb['pca']!r}.")
-    md = out["metadata"] or {}
-    if not isinstance(md, dict) or set(md) - {"tissue", "position"}:
-        raise TabstError("feature set: 'metadata' must be {tissue: bool, position: bool}.")
-    for k, v in md.items():
-        _check_type(v, f"metadata.{k}", bool, "true or false")
-    out["metadata"] = {"tissue": bool(md.get("tissue", False)),
-                       "position": bool(md.get("position", False))}
-    feats = out["features"] or []
-    if isinstance(feats, str):
-        feats = [feats]
-    _check_type(feats, "features", (list, tuple), "a list of feature-set names")
-    out["features"] = [str(f) for f in feats]
-    nb = out["neighbourhood"]
-    if nb is not None:
-        if not isinstance(nb, dict) or set(nb) - {"k", "components"}:
-            raise TabstError("feature set: 'neighbourhood' must be null or "
-                             "{k: int, components: int}.")
-        for k in ("k", "components"):
-            _check_type(nb.get(k, 1), f"neighbourhood.{k}", int, "an integer >= 1")
-        nb = {"k": int(nb.get("k", 8)), "components": int(nb.get("components", 16))}
-        if nb["k"] < 1 or nb["components"] < 1:
-            raise TabstError("feature set: neighbourhood.k and .components must be >= 1.")
-        if emb is None:
-            raise TabstError("feature set: 'neighbourhood' averages embedding PCs, so it needs an "
-                             "'embedding' section.")
-        out["neighbourhood"] = nb
-    return out
-
-
-def _check_type(value, key: str, types, words: str) -> None:
-    """Raise a :class:`TabstError` naming ``key`` unless ``value`` is one of ``types`` (a bool is
-    not an integer here)."""
-    types = types if isinstance(types, tuple) else (types,)
-    if (isinstance(value, bool) and bool not in types) or not isinstance(value, types):
-        raise TabstError(f"feature set: key '{key}' must be {words}, got {value!r}.")
-
+__all__ = ["DEFAULT_FEATURE_SET", "FeatureBuilder", "is_spot_store", "load_targets",
+           "rows_with_expression", "validate_spec"]
 
 def rows_with_expression(store) -> np.ndarray:
     """Row indices (sorted) of cells with measured expression (``/cells/has_expression``, or
@@ -167,8 +112,11 @@ class FeatureBuilder:
     Attributes (after :meth:`fit`)
     ------------------------------
     feature_names_, feature_groups_ : list[str], one per column of X.
-    embedding_name_ : str or None.  pca_mean_ [D], pca_components_ [p, D],
-    pca_explained_variance_ratio_ [p].  tissues_ : list[str].  n_train_rows_ : int.
+    embedding_name_ : str or None.  pca_mean_ [D], pca_scale_ [D] (1 unless ``standardize``),
+    pca_components_ [p, D], pca_explained_variance_ratio_ [p].  tissues_ : list[str].
+    n_train_rows_ : int.  position_ : bool (``position`` resolved), position_reason_ : str.
+    dropped_constant_ : list of ``{"name", "group", "value"}``, columns constant on the
+    training rows, left out of X.
     """
 
     def __init__(self, spec: dict | None = None, batch_size: int = 16384):
@@ -192,8 +140,10 @@ class FeatureBuilder:
                 self.embedding_dim_ = D
                 n_pc = max(sp["embedding"]["pca"] or 0,
                            sp["neighbourhood"]["components"] if sp["neighbourhood"] else 0)
-                if n_pc:
+                if n_pc or sp["embedding"]["standardize"]:
                     self._fit_pca(f, rows, min(n_pc, D, len(rows)))
+            self.position_, self.position_reason_ = resolve_position(
+                f, sp["metadata"]["position"])
             self.tissues_ = []
             if sp["metadata"]["tissue"]:
                 t = read_strings(f["cells/tissue"])[rows] if "cells/tissue" in f else []
@@ -216,8 +166,35 @@ class FeatureBuilder:
                     raise StoreError(f"{fname}: /features/{name} has {K} columns but its names/"
                                      f"groups attrs have {len(names)}/{len(groups)} entries.")
                 self.extra_features_.append({"name": name, "names": names, "groups": groups})
+            self.dropped_constant_ = self._constant_columns(f, rows)
         self._build_names()
         return self
+
+    def _constant_columns(self, f, rows) -> list:
+        """The tissue / position / ``/features`` columns constant over the training ``rows``
+        (every value equal, or every value NaN), as ``{"name", "group", "value"}``."""
+        out = []
+        if len(self.tissues_) == 1:  # one tissue in training: its one-hot column is all 1
+            out.append({"name": f"tissue={self.tissues_[0]}", "group": "tissue", "value": 1.0})
+        blocks = []
+        if self.position_:
+            xy = np.column_stack([f["cells/x"][()], f["cells/y"][()]]).astype(np.float64)
+            blocks.append((["x_norm", "y_norm"], ["position"] * 2,
+                           _minmax_within(read_strings(f["cells/sample"]), xy, rows)))
+        for ef in self.extra_features_:
+            key = f"features/{ef['name']}"
+            parts = [np.asarray(b[key], dtype=np.float64).reshape(len(b["rows"]), -1)
+                     for b in iter_batches(f, [key], self.batch_size, rows=rows)]
+            blocks.append((ef["names"], ef["groups"], np.concatenate(parts)))
+        for names, groups, V in blocks:
+            nan = np.isnan(V)
+            with np.errstate(invalid="ignore"):
+                lo = np.where(nan, np.inf, V).min(axis=0)
+                hi = np.where(nan, -np.inf, V).max(axis=0)
+            for j in np.flatnonzero((nan.all(axis=0)) | ((lo == hi) & ~nan.any(axis=0))):
+                out.append({"name": str(names[j]), "group": str(groups[j]),
+                            "value": None if nan[:, j].all() else float(lo[j])})
+        return out
 
     def _pick_embedding(self, f) -> str:
         name = self.spec["embedding"]["name"]
@@ -262,12 +239,22 @@ class FeatureBuilder:
         xx = U + np.triu(U, 1).T
         mean = s / n
         cov = (xx - n * np.outer(mean, mean)) / max(n - 1, 1)
+        self.pca_mean_ = mean
+        self.pca_scale_ = np.ones(D)
+        if self.spec["embedding"]["standardize"]:  # StandardScaler: population sd, constant → 1
+            var = np.clip(np.diag(cov) * (max(n - 1, 1) / n), 0.0, None)
+            const = var <= 1e-12 * np.maximum(np.diag(xx) / n, 1e-300)
+            self.pca_scale_ = np.where(const, 1.0, np.sqrt(var))
+            cov = cov / np.outer(self.pca_scale_, self.pca_scale_)
+            cov[const, :] = 0.0
+            cov[:, const] = 0.0
+        if n_pc == 0:  # standardize only, no PCA
+            return
         evals, evecs = np.linalg.eigh(cov)
         order = np.argsort(evals)[::-1][:n_pc]
         comps = evecs[:, order].T
         sign = np.sign(comps[np.arange(len(order)), np.abs(comps).argmax(axis=1)])
         sign[sign == 0] = 1
-        self.pca_mean_ = mean
         self.pca_components_ = comps * sign[:, None]
         tot = max(float(np.trace(cov)), 1e-300)
         self.pca_explained_variance_ratio_ = np.clip(evals[order], 0, None) / tot
@@ -286,7 +273,7 @@ class FeatureBuilder:
         for t in self.tissues_:
             names.append(f"tissue={t}")
             groups.append("tissue")
-        if sp["metadata"]["position"]:
+        if self.position_:
             names += ["x_norm", "y_norm"]
             groups += ["position", "position"]
         for ef in self.extra_features_:
@@ -296,7 +283,12 @@ class FeatureBuilder:
             c = min(sp["neighbourhood"]["components"], self.pca_components_.shape[0])
             names += [f"nbr_pc{i + 1}" for i in range(c)]
             groups += ["neighbourhood"] * c
-        self.feature_names_, self.feature_groups_ = names, groups
+        # columns before the dropped ones are never dropped (embedding), so position = index
+        drop = {(d["group"], d["name"]) for d in self.dropped_constant_}
+        self._keep = np.asarray([(g, nm) not in drop for nm, g in zip(names, groups)], dtype=bool)
+        self._out_col = np.cumsum(self._keep) - 1  # full column -> column of X (if kept)
+        self.feature_names_ = [nm for nm, k in zip(names, self._keep) if k]
+        self.feature_groups_ = [g for g, k in zip(groups, self._keep) if k]
 
     # --- transform -------------------------------------------------------------------------------
     def transform(self, store, rows) -> np.ndarray:
@@ -306,9 +298,15 @@ class FeatureBuilder:
         sp = self.spec
         F = len(self.feature_names_)
         X = np.empty((len(rows), F), dtype=np.float32)
+
+        def put(col, V, at=slice(None)):  # full columns col.. of V → their kept columns of X
+            keep = self._keep[col:col + V.shape[1]]
+            X[at, self._out_col[col:col + V.shape[1]][keep]] = V[:, keep]
+            return col + V.shape[1]
+
         with opened(store) as f:
             col = 0
-            if self.embedding_name_:
+            if self.embedding_name_:  # first, never dropped: written in place
                 key = f"embeddings/{self.embedding_name_}"
                 p = sp["embedding"]["pca"]
                 width = min(int(p), self.pca_components_.shape[0]) if p else self.embedding_dim_
@@ -316,42 +314,46 @@ class FeatureBuilder:
                 for b in iter_batches(f, [key], self.batch_size, rows=rows):
                     E = b[key]
                     m = len(E)
-                    X[pos:pos + m, col:col + width] = self._project(E, width) if p else E
+                    X[pos:pos + m, col:col + width] = (
+                        self._project(E, width) if p else self._standardise(E))
                     pos += m
                 col += width
             if self.tissues_:
                 t = read_strings(f["cells/tissue"])[rows]
-                for i, name in enumerate(self.tissues_):
-                    X[:, col + i] = (t == name)
-                col += len(self.tissues_)
+                col = put(col, np.column_stack([t == name for name in self.tissues_]))
             samples = None
-            if sp["metadata"]["position"] or sp["neighbourhood"]:
+            if self.position_ or sp["neighbourhood"]:
                 samples = read_strings(f["cells/sample"])
                 xs, ys = f["cells/x"][()].astype(np.float64), f["cells/y"][()].astype(np.float64)
-            if sp["metadata"]["position"]:
-                X[:, col:col + 2] = _minmax_within(samples, np.column_stack([xs, ys]), rows)
-                col += 2
+            if self.position_:
+                col = put(col, _minmax_within(samples, np.column_stack([xs, ys]), rows))
             for ef in self.extra_features_:
                 key = f"features/{ef['name']}"
                 K = len(ef["names"])
                 pos = 0
                 for b in iter_batches(f, [key], self.batch_size, rows=rows):
                     v = np.asarray(b[key], dtype=np.float32).reshape(len(b["rows"]), K)
-                    X[pos:pos + len(v), col:col + K] = v
+                    put(col, v, slice(pos, pos + len(v)))
                     pos += len(v)
                 col += K
             if sp["neighbourhood"]:
                 c = min(sp["neighbourhood"]["components"], self.pca_components_.shape[0])
-                X[:, col:col + c] = self._neighbourhood(f, rows, samples, xs, ys, c)
-                col += c
-        assert col == F
+                col = put(col, self._neighbourhood(f, rows, samples, xs, ys, c))
+        assert col == len(self._keep)
         return X
 
     def fit_transform(self, store, rows) -> np.ndarray:
         return self.fit(store, rows).transform(store, rows)
 
+    def _standardise(self, E):
+        """The raw embedding, standardised when the spec says so (else as stored)."""
+        if not self.spec["embedding"]["standardize"]:
+            return E
+        return ((np.asarray(E, dtype=np.float64) - self.pca_mean_) / self.pca_scale_).astype(
+            np.float32)
+
     def _project(self, E, width):
-        return ((np.asarray(E, dtype=np.float64) - self.pca_mean_)
+        return (((np.asarray(E, dtype=np.float64) - self.pca_mean_) / self.pca_scale_)
                 @ self.pca_components_[:width].T).astype(np.float32)
 
     def _neighbourhood(self, f, rows, samples, xs, ys, c):
@@ -386,6 +388,26 @@ class FeatureBuilder:
             out[want] = pcs[nbrs].mean(axis=1)
         return out
 
+    def summary(self, previous: dict | None = None, fold=None) -> dict:
+        """What the fitted builder feeds the models (``run.json`` ``features``): ``n_features``
+        and ``groups`` {group: columns} (of this builder), ``used_groups`` (in column order),
+        ``position`` {setting, used, reason} and ``dropped_constant`` (constant columns left
+        out). With ``previous`` (the summary of the folds before) and ``fold``: ``used_groups``
+        is the union over the folds and ``dropped_constant`` is {fold: columns}."""
+        self._check_fitted()
+        g = list(self.feature_groups_)
+        out = {"n_features": len(g), "groups": {k: g.count(k) for k in dict.fromkeys(g)},
+               "used_groups": list(dict.fromkeys(g)),
+               "position": {"setting": self.spec["metadata"]["position"],
+                            "used": bool(self.position_), "reason": self.position_reason_},
+               "dropped_constant": list(self.dropped_constant_)}
+        if fold is not None:
+            prev = previous or {}
+            out["used_groups"] = list(dict.fromkeys(prev.get("used_groups", []) + g))
+            out["dropped_constant"] = {**prev.get("dropped_constant", {}),
+                                       str(fold): list(self.dropped_constant_)}
+        return out
+
     def _check_fitted(self):
         if not hasattr(self, "feature_names_"):
             raise TabstError("feature builder is not fitted: call fit(store, train_rows) first.")
@@ -400,12 +422,16 @@ class FeatureBuilder:
                 "embedding_name": self.embedding_name_,
                 "embedding_dim": getattr(self, "embedding_dim_", None),
                 "tissues": self.tissues_, "extra_features": self.extra_features_,
-                "n_train_rows": self.n_train_rows_,
+                "n_train_rows": self.n_train_rows_, "position": self.position_,
+                "position_reason": self.position_reason_,
+                "dropped_constant": self.dropped_constant_,
                 "feature_names": self.feature_names_, "feature_groups": self.feature_groups_}
         arrays = {}
         if hasattr(self, "pca_mean_"):
-            arrays = {"pca_mean": self.pca_mean_, "pca_components": self.pca_components_,
-                      "pca_evr": self.pca_explained_variance_ratio_}
+            arrays = {"pca_mean": self.pca_mean_, "pca_scale": self.pca_scale_}
+        if hasattr(self, "pca_components_"):
+            arrays.update(pca_components=self.pca_components_,
+                          pca_evr=self.pca_explained_variance_ratio_)
         np.savez(path / "features.npz", **arrays)
         (path / "features.json").write_text(json.dumps(meta, indent=1))
         return path
@@ -427,12 +453,21 @@ class FeatureBuilder:
         fb.tissues_ = meta["tissues"]
         fb.extra_features_ = meta["extra_features"]
         fb.n_train_rows_ = meta["n_train_rows"]
+        # builders saved before position: auto / constant dropping: position as the spec said
+        fb.position_ = bool(meta.get("position", fb.spec["metadata"]["position"]))
+        fb.position_reason_ = meta.get("position_reason", "as configured")
+        fb.dropped_constant_ = list(meta.get("dropped_constant", []))
         z = load_npz(path / "features.npz")
         if "pca_mean" in z:
             fb.pca_mean_ = z["pca_mean"]
+            fb.pca_scale_ = z.get("pca_scale", np.ones_like(fb.pca_mean_))
+        if "pca_components" in z:
             fb.pca_components_ = z["pca_components"]
             fb.pca_explained_variance_ratio_ = z["pca_evr"]
-        fb.feature_names_ = meta["feature_names"]
+        fb._build_names()
+        if fb.feature_names_ != meta["feature_names"]:
+            raise TabstError(f"{path}: features.json lists other feature names than its spec "
+                             "builds; the folder is damaged or from another tabst version.")
         fb.feature_groups_ = meta["feature_groups"]
         return fb
 

@@ -165,3 +165,90 @@ def test_pca_codec_round_trip_and_attributions():
     assert isinstance(make_codec("pca", 8), PCACodec) and make_codec("pca16").k == 16
     with pytest.raises(TabstError):
         make_codec("svd")
+
+
+# --- standardize, position auto, constant columns (issue 19) ------------------------------------
+def _make_spot_store(path):
+    """The tiny store marked as spot data (a finite spot_diameter_px), one tissue everywhere."""
+    write_tiny_store(path)
+    with h5py.File(path, "a") as f:
+        for g in f["images"].values():
+            g.attrs["spot_diameter_px"] = 9.0
+        t = f["cells/tissue"]
+        t[...] = np.full(t.shape, "unknown", dtype=object)
+    return path
+
+
+def test_standardize_then_pca_equals_sklearn_pipeline(tiny_store):
+    from sklearn.decomposition import PCA
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    samples = _samples(tiny_store)
+    train, test = np.flatnonzero(samples != "S2"), np.flatnonzero(samples == "S2")
+    with h5py.File(tiny_store, "a") as f:  # columns of very different scales, one constant
+        E = f["embeddings/test"][()].astype(np.float64)
+        E *= np.geomspace(0.01, 100, E.shape[1])
+        E[:, 3] = 7.0
+        f["embeddings/test"][...] = E.astype(np.float32)
+        E = f["embeddings/test"][()].astype(np.float64)
+    spec = {"embedding": {"pca": 6, "standardize": True},
+            "metadata": {"tissue": False, "position": False}, "features": []}
+    fb = FeatureBuilder(spec).fit(tiny_store, train)
+    pipe = make_pipeline(StandardScaler(), PCA(6, svd_solver="full")).fit(E[train])
+    np.testing.assert_allclose(fb.transform(tiny_store, test), pipe.transform(E[test]),
+                               rtol=1e-5, atol=1e-5)  # same signs too (sklearn's svd_flip)
+    # plain PCA (no standardize) is dominated by the big columns: a different projection
+    plain = FeatureBuilder({**spec, "embedding": {"pca": 6}}).fit(tiny_store, train)
+    assert not np.allclose(plain.transform(tiny_store, test), pipe.transform(E[test]), atol=1e-2)
+    # standardize without PCA = StandardScaler alone; both survive save / load
+    raw = FeatureBuilder({**spec, "embedding": {"pca": None, "standardize": True}})
+    raw.fit(tiny_store, train)
+    sc = StandardScaler().fit(E[train])
+    np.testing.assert_allclose(raw.transform(tiny_store, test), sc.transform(E[test]),
+                               rtol=1e-5, atol=1e-5)
+    for i, b in enumerate((fb, raw)):
+        again = FeatureBuilder.load(b.save(tiny_store.rsplit("/", 1)[0] + f"/fb{i}"))
+        np.testing.assert_array_equal(again.transform(tiny_store, test),
+                                      b.transform(tiny_store, test))
+    with pytest.raises(TabstError, match="embedding.standardize"):
+        validate_spec({"embedding": {"standardize": "yes"}})
+
+
+def test_position_auto_and_constant_columns_dropped(tmp_path):
+    cell = write_tiny_store(tmp_path / "cell.h5")
+    spot = _make_spot_store(tmp_path / "spot.h5")
+    spec = {"embedding": {"pca": 3}, "metadata": {"tissue": True, "position": "auto"},
+            "features": ["morphology"]}
+    rows = np.arange(120)
+    fc = FeatureBuilder(spec).fit(cell, rows)
+    assert fc.position_ is True and "x_norm" in fc.feature_names_
+    assert fc.dropped_constant_ == []
+    fs = FeatureBuilder(spec).fit(spot, rows)
+    assert fs.position_ is False and "spot store" in fs.position_reason_
+    assert "x_norm" not in fs.feature_names_ and "position" not in fs.feature_groups_
+    # tissue=unknown on every spot is constant: dropped and recorded
+    assert fs.dropped_constant_ == [{"name": "tissue=unknown", "group": "tissue", "value": 1.0}]
+    assert "tissue" not in fs.feature_groups_
+    X = fs.transform(spot, np.arange(180))
+    assert X.shape == (180, 3 + 3) and fs.feature_names_[3:] == [
+        "nucleus_area", "hematoxylin_mean", "eosin_std"]
+    # position asked for explicitly is kept on spots; a constant /features column is dropped
+    with h5py.File(spot, "a") as f:
+        m = f["features/morphology"]
+        v = m[()]
+        v[:, 1] = 0.25
+        m[...] = v
+    fe = FeatureBuilder({**spec, "metadata": {"tissue": False, "position": True}}).fit(spot, rows)
+    assert fe.position_ is True and fe.feature_names_[3:5] == ["x_norm", "y_norm"]
+    assert fe.dropped_constant_ == [{"name": "hematoxylin_mean", "group": "stain",
+                                     "value": 0.25}]
+    Xe = fe.transform(spot, np.arange(180))
+    with h5py.File(spot, "r") as f:
+        np.testing.assert_array_equal(Xe[:, 5:], f["features/morphology"][()][:, [0, 2]])
+    fe.save(tmp_path / "fb")
+    fe2 = FeatureBuilder.load(tmp_path / "fb")
+    assert fe2.feature_names_ == fe.feature_names_ and fe2.dropped_constant_ == fe.dropped_constant_
+    np.testing.assert_array_equal(fe2.transform(spot, np.arange(180)), Xe)
+    with pytest.raises(TabstError, match="metadata.position"):
+        validate_spec({"metadata": {"position": "maybe"}})

@@ -1,0 +1,110 @@
+"""The feature-set spec of :class:`tabst.dataset.FeatureBuilder`: its defaults, its validation
+(:func:`validate_spec`, every error names the key), and what ``auto`` settings resolve to on a
+given store (:func:`is_spot_store`, :func:`resolve_position`). The keys are described in
+:mod:`tabst.dataset`."""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+
+from .errors import TabstError
+
+DEFAULT_FEATURE_SET = {
+    "embedding": {"name": "auto", "pca": 64, "standardize": False},
+    "metadata": {"tissue": True, "position": "auto"},
+    "features": ["morphology"],
+    "neighbourhood": None,
+}
+_TOP_KEYS = set(DEFAULT_FEATURE_SET)
+
+
+def validate_spec(spec: dict | None) -> dict:
+    """Merge ``spec`` over the defaults and check it; raises :class:`TabstError` naming the key."""
+    spec = {} if spec is None else dict(spec)
+    unknown = sorted(set(spec) - _TOP_KEYS)
+    if unknown:
+        raise TabstError(f"feature set: unknown key(s) {', '.join(unknown)}; "
+                         f"valid keys: {', '.join(sorted(_TOP_KEYS))}.")
+    out = copy.deepcopy(DEFAULT_FEATURE_SET)
+    for k, v in spec.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = {**out[k], **v}
+        else:
+            out[k] = v
+    emb = out["embedding"]
+    if emb is not None:
+        if not isinstance(emb, dict) or set(emb) - {"name", "pca", "standardize"}:
+            raise TabstError("feature set: 'embedding' must be null or "
+                             "{name: auto|NAME, pca: int|null, standardize: bool}.")
+        _check_type(emb.get("name"), "embedding.name", (str, type(None)), "a name or auto")
+        _check_type(emb.get("pca"), "embedding.pca", (int, type(None)),
+                    "an integer >= 1 or null")
+        _check_type(emb.get("standardize", False), "embedding.standardize", bool,
+                    "true or false")
+        emb["standardize"] = bool(emb.get("standardize", False))
+        if emb.get("pca") is not None and emb["pca"] < 1:
+            raise TabstError(f"feature set: key 'embedding.pca' must be an integer >= 1 or null, "
+                             f"got {emb['pca']!r}.")
+    md = out["metadata"] or {}
+    if not isinstance(md, dict) or set(md) - {"tissue", "position"}:
+        raise TabstError("feature set: 'metadata' must be {tissue: bool, position: bool|auto}.")
+    _check_type(md.get("tissue", False), "metadata.tissue", bool, "true or false")
+    pos = md.get("position", False)
+    if pos != "auto":
+        _check_type(pos, "metadata.position", bool,
+                    "true, false or auto (on for cell stores, off for spot stores)")
+    out["metadata"] = {"tissue": bool(md.get("tissue", False)),
+                       "position": pos if pos == "auto" else bool(pos)}
+    feats = out["features"] or []
+    if isinstance(feats, str):
+        feats = [feats]
+    _check_type(feats, "features", (list, tuple), "a list of feature-set names")
+    out["features"] = [str(f) for f in feats]
+    nb = out["neighbourhood"]
+    if nb is not None:
+        if not isinstance(nb, dict) or set(nb) - {"k", "components"}:
+            raise TabstError("feature set: 'neighbourhood' must be null or "
+                             "{k: int, components: int}.")
+        for k in ("k", "components"):
+            _check_type(nb.get(k, 1), f"neighbourhood.{k}", int, "an integer >= 1")
+        nb = {"k": int(nb.get("k", 8)), "components": int(nb.get("components", 16))}
+        if nb["k"] < 1 or nb["components"] < 1:
+            raise TabstError("feature set: neighbourhood.k and .components must be >= 1.")
+        if emb is None:
+            raise TabstError("feature set: 'neighbourhood' averages embedding PCs, so it needs an "
+                             "'embedding' section.")
+        out["neighbourhood"] = nb
+    return out
+
+
+def _check_type(value, key: str, types, words: str) -> None:
+    """Raise a :class:`TabstError` naming ``key`` unless ``value`` is one of ``types`` (a bool is
+    not an integer here)."""
+    types = types if isinstance(types, tuple) else (types,)
+    if (isinstance(value, bool) and bool not in types) or not isinstance(value, types):
+        raise TabstError(f"feature set: key '{key}' must be {words}, got {value!r}.")
+
+
+def is_spot_store(f) -> bool:
+    """Whether a store holds spots (Visium, ST, HEST-1k) rather than cells: some
+    ``/images/<sample>`` has a finite ``spot_diameter_px`` (spot ingests record it; cell
+    ingests leave NaN)."""
+    for g in (f["images"].values() if "images" in f else []):
+        try:
+            d = float(g.attrs.get("spot_diameter_px", float("nan")))
+        except (TypeError, ValueError):
+            continue
+        if np.isfinite(d) and d > 0:
+            return True
+    return False
+
+
+def resolve_position(f, setting) -> tuple[bool, str]:
+    """``metadata.position`` → (use it, why): ``auto`` = off on spot stores, on otherwise."""
+    if setting != "auto":
+        return bool(setting), "as configured"
+    if is_spot_store(f):
+        return False, ("auto: off on a spot store (section x/y is a tissue-layout prior, not "
+                       "image evidence); set metadata.position: true to use it")
+    return True, "auto: on for a cell store"
