@@ -6,8 +6,10 @@ Config key ``genes`` (validated by :func:`validate_genes`)::
 
 ``select``
     ``all`` — every gene of ``/expression/genes`` (the default);
-    ``list`` — the genes named in ``file`` (one per line; blank lines and ``#`` comments are
-    ignored). A name that is not in the store is an error naming the file and the genes. The
+    ``list`` — the genes named in ``file``: a text file with one gene per line (blank lines and
+    ``#`` comments are ignored), or a JSON file (``.json``, or text starting with ``{`` / ``[``)
+    holding ``{"genes": [...]}`` — HEST-Benchmark's ``var_50genes.json`` — or a plain list of
+    names. A name that is not in the store is an error naming the file and the genes. The
     columns keep the store's order, whatever the file's order;
     ``hvg`` — the ``k`` most variable genes, computed **inside each fold on that fold's training
     rows only** (and on every row for the ``refit_all`` models). Never at ingest: the held-out
@@ -71,7 +73,7 @@ def validate_genes(value, source: str = "config") -> dict:
     if out["select"] == "list":
         if not out["file"]:
             raise TabstError(f"{source}: genes.select is 'list' but 'genes.file' is not set (a "
-                             "text file with one gene per line).")
+                             "text file with one gene per line, or a JSON gene list).")
         if not Path(out["file"]).is_file():
             raise TabstError(f"{source}: key 'genes.file': gene list {out['file']} not found.")
     elif out["file"]:
@@ -121,16 +123,16 @@ def read_gene_list(path, store_genes) -> np.ndarray:
     """
     path = Path(path)
     try:
-        lines = path.read_text().splitlines()
-    except OSError as e:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as e:
         raise TabstError(f"{path}: cannot read the gene list ({e}).") from None
-    names = []
-    for line in lines:
-        s = line.split("#", 1)[0].strip()
-        if s:
-            names.append(s)
+    if path.suffix.lower() == ".json" or text.lstrip()[:1] in ("{", "["):
+        names = _json_gene_names(path, text)
+    else:
+        names = [s for s in (line.split("#", 1)[0].strip() for line in text.splitlines()) if s]
     if not names:
-        raise TabstError(f"{path}: the gene list names no gene (one gene per line expected).")
+        raise TabstError(f"{path}: the gene list names no gene (one gene per line, or JSON "
+                         '{"genes": [...]}, expected).')
     pos = {str(g): i for i, g in enumerate(store_genes)}
     unknown = list(dict.fromkeys(g for g in names if g not in pos))
     if unknown:
@@ -140,6 +142,33 @@ def read_gene_list(path, store_genes) -> np.ndarray:
                          f"/expression/genes: {shown}. Fix the names (case matters) or remove "
                          "them.")
     return np.unique([pos[g] for g in names]).astype(np.int64)
+
+
+def _json_gene_names(path: Path, text: str) -> list[str]:
+    """Gene names of a JSON gene list: ``{"genes": [names]}`` (HEST-Benchmark's
+    ``var_50genes.json``) or ``[names]``."""
+    import json
+
+    try:
+        data = json.loads(text)
+    except ValueError as e:
+        raise TabstError(f"{path}: not valid JSON ({e}); a JSON gene list is "
+                         '{"genes": ["GENE1", ...]} (as HEST\'s var_50genes.json) or a list of '
+                         "names.") from None
+    if isinstance(data, dict):
+        if "genes" not in data:
+            raise TabstError(f"{path}: the JSON object has no 'genes' key (keys: "
+                             f"{', '.join(map(str, list(data)[:10])) or 'none'}); expected "
+                             '{"genes": ["GENE1", ...]}.')
+        data = data["genes"]
+    if not isinstance(data, list):
+        raise TabstError(f"{path}: 'genes' must be a list of gene names, got "
+                         f"{type(data).__name__}.")
+    bad = [i for i, g in enumerate(data) if not isinstance(g, str) or not g.strip()]
+    if bad:
+        raise TabstError(f"{path}: entry {bad[0] + 1} of the gene list is {data[bad[0]]!r}, not "
+                         "a gene name.")
+    return [g.strip() for g in data]
 
 
 def gene_moments(store, rows, batch_size: int = 8192, expm1: bool = False):
