@@ -63,7 +63,13 @@ from .leaderboard import (
     refuse_undefined,
 )
 from .outputs import is_fatal_io
-from .run_inputs import feature_spec, resolve_embedding, resolve_region_column
+from .run_inputs import (
+    feature_spec,
+    resolve_embedding,
+    resolve_group_column,
+    resolve_region_column,
+    transform_warning,
+)
 from .store import now_utc, opened, put, read_strings
 from .util import atomic_dir, json_default, progress
 
@@ -213,8 +219,11 @@ def _compare_in(f, cfg, tmp: Path, REGISTRY, FeatureBuilder, load_targets, rows_
     ys = _cells(f, rows, "y", "y").astype(np.float64)
     region_col = resolve_region_column(f, cfg)
     regions = _cells(f, rows, region_col, "region_column").astype(str) if region_col else None
-    groups = (_cells(f, rows, cfg["group_column"], "group_column").astype(str)
-              if cfg["group_column"] else None)
+    group_col, fold_unit = resolve_group_column(f, cfg, rows, samples)
+    groups = _cells(f, rows, group_col, "group_column").astype(str) if group_col else None
+    warns = [w for w in [transform_warning(f, cfg)] if w]
+    for w in warns + [f"folds by {fold_unit}"]:
+        sys.stderr.write(f"{'WARNING' if w in warns else 'note'}: {w}\n")
     emb_name = resolve_embedding(f, cfg)
     spec = feature_spec(cfg, emb_name)
     folds = make_folds(samples, cfg["folds"], groups=groups,
@@ -275,8 +284,7 @@ def _compare_in(f, cfg, tmp: Path, REGISTRY, FeatureBuilder, load_targets, rows_
             fnames = list(fb.feature_names_)
             fgroups = list(fb.feature_groups_)
             n_features = Xtr.shape[1]
-            feature_info = {"n_features": n_features,
-                            "groups": {g: fgroups.count(g) for g in dict.fromkeys(fgroups)}}
+            feature_info = fb.summary(feature_info, fold.k)  # run.json "features"
             g = ph.create_group(f"fold_{fold.k}")
             g.attrs["description"] = f"fold {fold.k}: test cells of {', '.join(fold.test_samples)}"
             g.attrs["test_samples"] = json.dumps(fold.test_samples)
@@ -416,6 +424,7 @@ def _compare_in(f, cfg, tmp: Path, REGISTRY, FeatureBuilder, load_targets, rows_
         gene_info["file"] = str(Path(gsel["file"]).resolve())
         gene_info["file_sha256"] = sha256_file(gsel["file"])
     return {"folds": [_fold_record(fd, regions) for fd in folds], "region_column": region_col,
+            "group_column": group_col, "fold_unit": fold_unit, "warnings": warns,
             "n_rows": int(len(rows)), "genes": genes,
             "n_store_genes": G_store, "gene_selection": gene_info,
             "samples": {s: int(c) for s, c in zip(*np.unique(samples, return_counts=True))},
@@ -424,7 +433,8 @@ def _compare_in(f, cfg, tmp: Path, REGISTRY, FeatureBuilder, load_targets, rows_
             "labels": labels, "timing": {k: round(v, 3) for k, v in timing.items()},
             "n_failed": int((lb["status"] != "ok").sum()),
             "ranked_by": str(lb["ranked_by"].iloc[0]),
-            "leaderboard_notes": leaderboard_notes(lb, pf, cfg["primary_metric"])}
+            "leaderboard_notes": [f"WARNING: {w}" for w in warns]
+            + leaderboard_notes(lb, pf, cfg["primary_metric"])}
 
 
 class _Null:
@@ -456,7 +466,9 @@ def _run_record(cfg, store_path: Path, info: dict, command) -> dict:
         "ranked_by": info["ranked_by"], "leaderboard_notes": info["leaderboard_notes"],
         "metric_labels": METRIC_LABEL, "metric_direction": METRIC_DIRECTION,
         "unsafe_random_split": bool(cfg["unsafe_random_split"]), "folds_scheme": cfg["folds"],
-        "folds": info["folds"], "group_column": cfg["group_column"],
+        "folds": info["folds"], "group_column": info["group_column"],
+        "group_column_config": cfg["group_column"], "fold_unit": info["fold_unit"],
+        "warnings": info["warnings"],
         "region_column": info["region_column"], "region_column_config": cfg["region_column"],
         "seeds": {"seed": cfg["seed"],
                   "models": {m: model_params(cfg, m)["seed"] for m in cfg["models"]}},

@@ -1,14 +1,15 @@
 """Run configuration for ``tabst compare``: YAML presets, dotted overrides, validation.
 
 A config is a plain dict (so it round-trips through YAML into the run folder). Presets live in
-``configs/<name>.yaml`` (``default``, ``crunch1``, ``hest``) and are found by name or by path::
+``configs/<name>.yaml`` (``default``, ``quick``, ``crunch1``, ``hest``, ``hest-benchmark``) and are
+found by name or by path::
 
     cfg = load_config("crunch1", overrides=["ridge.alphas=[0.1,1,10]", "folds=group-kfold:3"])
 
 Keys (everything optional in a file; missing keys take the defaults of :data:`DEFAULTS`):
 
 ``name`` / ``description``
-    Shown in the report.
+    Shown in the report (and ``name`` in compare's warnings).
 ``embedding``
     Name of ``/embeddings/<name>`` in the store; ``null`` picks the only embedding, or the one
     matching ``embed`` (layer, patch size) when there are several.
@@ -23,9 +24,16 @@ Keys (everything optional in a file; missing keys take the defaults of :data:`DE
 ``folds``
     ``leave-one-sample-out`` | ``group-kfold:K`` | ``random:K`` (needs ``unsafe_random_split``).
 ``group_column`` / ``region_column``
-    ``/cells`` columns: the fold unit (default: sample) and the region used when averaging the
-    cell-wise metrics (``auto``, the default: ``/cells/region`` when the store has it, as Crunch
-    stores do, else region = sample; ``null``: region = sample).
+    ``/cells`` columns: the fold unit and the region used when averaging the cell-wise metrics.
+    ``group_column: auto`` (the default) = ``/cells/group`` when it names patients (spot
+    ingest's ``--group``: every sample in one group, >= 2 groups; Crunch's train/validation/test
+    split is not one), else sample; ``null`` = sample; a name = that column
+    (:func:`tabst.run_inputs.resolve_group_column`; the run records which and why).
+    ``region_column: auto`` (default): ``/cells/region`` when the store has it, as Crunch
+    stores do, else region = sample; ``null``: region = sample.
+``expect_transform``
+    The ``/expression/X`` ``transform`` the preset's numbers assume (``hest-benchmark``:
+    ``log1p(count)``); compare warns when the store's differs. ``null``: no expectation.
 ``unsafe_random_split``
     Allow a cell-level random split (flagged in red in every output).
 ``primary_metric``
@@ -65,8 +73,9 @@ DEFAULTS: dict = {
     "models": ["mean", "ridge", "tree", "xgboost", "tabnet"],
     "params": {},
     "folds": "leave-one-sample-out",
-    "group_column": None,
+    "group_column": "auto",
     "region_column": "auto",
+    "expect_transform": None,
     "unsafe_random_split": False,
     "primary_metric": "cellwise_spearman",
     "seed": 0,
@@ -82,7 +91,8 @@ DEFAULTS: dict = {
 _TYPES: dict = {
     "name": str, "description": str, "embedding": (str, type(None)), "features": dict,
     "models": list, "params": dict, "folds": str, "group_column": (str, type(None)),
-    "region_column": (str, type(None)), "unsafe_random_split": bool, "primary_metric": str,
+    "region_column": (str, type(None)), "expect_transform": (str, type(None)),
+    "unsafe_random_split": bool, "primary_metric": str,
     "seed": int, "refit_all": bool, "save_fold_models": bool, "genes": (dict, str), "embed": dict,
     "report": dict,
     "embed.encoder": str, "embed.layer": str, "embed.patch_size": int, "embed.weights": str,
@@ -237,6 +247,10 @@ def validate_config(cfg: dict, source: str = "config") -> dict:
             if k not in allowed:
                 raise TabstError(f"{source}: unknown key 'params.{m}.{k}'. Parameters of {m}: "
                                  f"{', '.join(sorted(allowed))}.")
+    for key in ("group_column", "expect_transform"):
+        if out[key] is not None and not out[key].strip():
+            raise TabstError(f"{source}: key {key!r} must be a non-empty string or null, got "
+                             f"{out[key]!r}.")
     if out["seed"] < 0:
         raise TabstError(f"{source}: key 'seed' must be an integer >= 0, got {out['seed']!r}.")
     for m in dict.fromkeys(models + list(out["params"])):

@@ -1,8 +1,19 @@
 """What a ``tabst compare`` run takes from the store besides the cells: which embedding, the
-feature-set spec that uses it, and the column of regions for the cell-wise averages."""
+feature-set spec that uses it, the column of regions for the cell-wise averages, the column the
+folds are made by, and whether the store's expression is on the scale the preset expects."""
 from __future__ import annotations
 
+import numpy as np
+
 from .errors import StoreError
+from .store import read_strings
+
+#: /cells/group values that name a train/validation/test split (Crunch, tables), not patients
+SPLIT_WORDS = {"train", "training", "val", "valid", "validation", "test", "testing"}
+#: ingest option that writes each /expression/X transform (for the expect_transform warning)
+TRANSFORM_FLAGS = {"log1p(count)": "--normalize log1p",
+                   "log1p(count/total*10000)": "--normalize cp10k",
+                   "log1p(count/total*100)": "--normalize log1p-cpt", "count": "--normalize none"}
 
 
 def resolve_embedding(f, cfg: dict) -> str | None:
@@ -60,3 +71,56 @@ def resolve_region_column(f, cfg) -> str | None:
     if col == "auto":
         return "region" if "cells/region" in f else None
     return col or None
+
+
+def resolve_group_column(f, cfg: dict, rows, samples) -> tuple[str | None, str]:
+    """The ``/cells`` column the folds keep together, and why, in words.
+
+    ``group_column`` as configured; ``null`` = sample; ``auto`` = ``/cells/group`` when it names
+    patients: every sample (of ``rows``) in exactly one non-empty group, at least two groups,
+    and not only split words (Crunch and table stores keep train/validation/test there, which
+    is no fold unit). Otherwise the folds are by sample, and the reason says why."""
+    col = cfg["group_column"]
+    if col != "auto":
+        return (col or None), (f"/cells/{col} (group_column)" if col else
+                               "sample (group_column: null)")
+    if "cells/group" not in f:
+        return None, "sample (group_column auto: the store has no /cells/group)"
+    g = np.asarray(read_strings(f["cells/group"])).astype(str)[rows]
+    values = sorted(set(g.tolist()))
+    why = None
+    if any(not v.strip() for v in values):
+        why = "some rows have an empty /cells/group"
+    elif {v.lower() for v in values} <= SPLIT_WORDS:
+        why = f"/cells/group holds split labels ({', '.join(values)}), not patients"
+    elif len(values) < 2:
+        why = f"/cells/group is {values[0]!r} for every row: nothing to fold by"
+    else:
+        first: dict = {}
+        for s_, v in zip(np.asarray(samples).astype(str).tolist(), g.tolist()):
+            if first.setdefault(s_, v) != v:
+                why = (f"/cells/group puts sample {s_!r} in both {first[s_]!r} and {v!r}, so it "
+                       "is not a patient of each section")
+                break
+    if why:
+        return None, f"sample (group_column auto: {why})"
+    return "group", (f"/cells/group (group_column auto: {len(values)} groups over "
+                     f"{len(set(np.asarray(samples).astype(str).tolist()))} samples)")
+
+
+def transform_warning(f, cfg: dict) -> str | None:
+    """A warning when the store's ``/expression/X`` ``transform`` differs from the preset's
+    ``expect_transform`` (its numbers would then not compare with the published ones)."""
+    want = cfg.get("expect_transform")
+    if not want:
+        return None
+    have = f["expression/X"].attrs.get("transform", "")
+    have = have.decode() if isinstance(have, bytes) else str(have)
+    if have == want:
+        return None
+    flag = TRANSFORM_FLAGS.get(want)
+    how = (f"re-ingest with `tabst ingest st|visium|hest {flag}`" if flag else
+           f"re-ingest so that /expression/X is {want}")
+    return (f"the {cfg['name']} preset expects /expression/X = {want}, but this store holds "
+            f"{have or 'values of unstated transform'}: its scores are not comparable with the "
+            f"published ones; {how}.")

@@ -183,6 +183,15 @@ def test_cli_compare_all_models_produces_all_outputs(tmp_path, store):
     assert run["embedding"]["name"] == "test" and run["embedding"]["attrs"]["weights"] == "random"
     assert run["versions"]["numpy"] and run["store"]["n_genes"] == 8
     assert [f_["test_samples"] for f_ in run["folds"]] == [["S0"], ["S1"], ["S2"]]
+    # which features fed the models and which column the folds kept together (for the report)
+    assert run["features"]["used_groups"] == ["embedding", "tissue", "position", "morphology",
+                                              "stain"]
+    assert run["features"]["position"]["used"] is True  # auto on a cell store
+    # fold 1 trains on S0 + S2, both tissueA: that one-hot column is constant there, dropped
+    assert run["features"]["dropped_constant"] == {
+        "0": [], "1": [{"name": "tissue=tissueA", "group": "tissue", "value": 1.0}], "2": []}
+    assert run["group_column"] is None and run["group_column_config"] == "auto"
+    assert "no /cells/group" in run["fold_unit"] and "no /cells/group" in r.output
 
 
 def test_existing_out_needs_force(tmp_path, store):
