@@ -15,7 +15,8 @@ def register(app, ingest_app):
     def compare(
         store: Path = typer.Argument(..., help="tabst store (.h5) with expression and embeddings"),
         config: str = typer.Option("default", "--config", "-c",
-                                   help="preset name (default, crunch1, hest) or a YAML file"),
+                                   help="preset name (default, quick, crunch1, hest, "
+                                        "hest-benchmark) or a YAML file"),
         models: Optional[str] = typer.Option(None, "--models",
                                              help="comma-separated models, e.g. ridge,tree,xgboost,"
                                                   "tabnet (the mean baseline is always added)"),
@@ -33,7 +34,8 @@ def register(app, ingest_app):
             help="random cell-level folds: leaks spatial neighbours, flagged red in the report"),
         genes: Optional[str] = typer.Option(
             None, "--genes",
-            help="genes to learn and score: all | FILE (one gene per line) | hvg:K (top-K highly "
+            help="genes to learn and score: all | FILE (one gene per line, or JSON such as "
+                 "HEST's var_50genes.json) | hvg:K (top-K highly "
                  "variable, computed per fold on its training rows only)"),
         force: bool = typer.Option(False, "--force", help="replace an existing run folder"),
     ):
