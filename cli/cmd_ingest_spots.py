@@ -1,8 +1,9 @@
 """`tabst ingest visium | st | hest`: spot-based platforms -> one store (spots are the rows).
 
 Shared options: ``--normalize cp10k|log1p|log1p-cpt|none`` (+ ``--scale`` for log1p-cpt),
-``--group SAMPLE=GROUP``, ``--genes all|strict|FILE``, ``--force``, ``--json``. Top-k HVG
-selection happens in ``tabst compare`` (per training fold), never at ingest.
+``--patient SAMPLE=PATIENT`` (-> ``/cells/patient``; ``--group`` is its deprecated old name),
+``--genes all|strict|FILE``, ``--force``, ``--json``. Top-k HVG selection happens in
+``tabst compare`` (per training fold), never at ingest.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import List, Optional
 
 import typer
 
+from tabst.ingest.patients import alias_note, parse_patient_options
 from tabst.outputs import prepare_output
 
 from ._common import console, err_console, user_errors
@@ -23,9 +25,10 @@ NORMALIZE_HELP = ("expression in /expression/X (raw counts are kept in /expressi
                   "(HEST-Benchmark), log1p-cpt = log1p(count/total*SCALE) (Crunch 1's "
                   "single-cell scale, SCALE 100: on ~10k-count spots it squeezes almost every "
                   "value below 0.35), none = raw counts")
-GROUP_HELP = ("patient/group of a section as SAMPLE=GROUP (repeatable; all sections or none): "
-              "written to /cells/group so compare never trains and tests on serial sections "
-              "of one patient")
+PATIENT_HELP = ("patient / tumour of a section as SAMPLE=PATIENT (repeatable; all sections or "
+                "none): written to /cells/patient, which compare folds by, so it never trains "
+                "and tests on serial sections of one patient")
+GROUP_ALIAS_HELP = "deprecated old name of --patient (writes /cells/patient, not /cells/group)"
 GENES_HELP = ("all = genes every section measured (what each loses is reported); strict = error "
               "if the sections' gene sets differ; or a FILE with one gene per line. Top-k HVGs "
               "are chosen at compare time on training folds only, not here")
@@ -40,21 +43,36 @@ def _scale_opt():
                                               "like Crunch 1); refused with the other choices")
 
 
-def _group_opt():
-    return typer.Option(None, "--group", help=GROUP_HELP)
+def _patient_opt():
+    return typer.Option(None, "--patient", help=PATIENT_HELP)
+
+
+def _group_alias_opt():
+    return typer.Option(None, "--group", help=GROUP_ALIAS_HELP)
 
 
 def _genes_opt():
     return typer.Option("all", "--genes", help=GENES_HELP)
 
 
-def _check_options(normalize: str, scale: Optional[float], group, groups=None) -> dict:
-    """Refuse a bad --normalize/--scale/--group before any input is read; returns the groups."""
-    from tabst.ingest.groups import parse_group_options
+def _note(lines) -> None:
+    """Print notes (e.g. that the old --group / manifest 'group' now writes /cells/patient)."""
+    from rich.markup import escape
+
+    for line in lines:
+        err_console.print(f"[yellow]{escape(line)}[/]", highlight=False)
+
+
+def _check_options(normalize: str, scale: Optional[float], patient, group,
+                   patients=None) -> dict:
+    """Refuse a bad --normalize/--scale/--patient (or its old name --group) before any input is
+    read; returns the patients (``patients``, e.g. a manifest's, plus the options')."""
     from tabst.ingest.normalize import resolve_scale
 
     resolve_scale(normalize, scale)
-    return parse_group_options(group, groups)
+    out = parse_patient_options(patient, patients)
+    return parse_patient_options(group, out, option="--group")
+
 
 
 def _finish(summary: dict, as_json: bool) -> None:
@@ -86,7 +104,8 @@ def register(app, ingest_app):
         gene_names: str = typer.Option("symbol", "--gene-names",
                                        help="symbol (duplicates -> SYMBOL_ENSEMBLID) or id"),
         tissue: str = typer.Option("unknown", "--tissue", help="tissue recorded for every spot"),
-        group: Optional[List[str]] = _group_opt(),
+        patient: Optional[List[str]] = _patient_opt(),
+        group: Optional[List[str]] = _group_alias_opt(),
         normalize: str = _normalize_opt(),
         scale: Optional[float] = _scale_opt(),
         genes: str = _genes_opt(),
@@ -97,11 +116,12 @@ def register(app, ingest_app):
         to the best image present, spot diameter in that image's pixels."""
         from tabst.ingest.visium import ingest_visium
 
-        groups = _check_options(normalize, scale, group)
+        _note([alias_note("--group")] if group else [])
+        patients = _check_options(normalize, scale, patient, group)
         prepare_output(out, "file", force=force)  # before reading any input
         res = ingest_visium(outs, out, samples=sample, fullres_images=fullres_image,
                             all_spots=all_spots, gene_names=gene_names, tissue=tissue,
-                            groups=groups, normalize=normalize, scale=scale, genes=genes,
+                            patients=patients, normalize=normalize, scale=scale, genes=genes,
                             force=force, command=["tabst"] + sys.argv[1:],
                             show_progress=not as_json)
         _finish(res, as_json)
@@ -123,7 +143,7 @@ def register(app, ingest_app):
                                     "(repeatable)"),
         manifest: Optional[Path] = typer.Option(
             None, "--manifest", help="CSV/TSV with columns counts, alignment, image[, sample]"
-                                     "[, group] (paths relative to the manifest)"),
+                                     "[, patient] (paths relative to the manifest)"),
         all_spots: bool = typer.Option(False, "--all-spots",
                                        help="keep spots outside the tissue (selected == 0) too"),
         tissue: str = typer.Option("unknown", "--tissue", help="tissue recorded for every spot"),
@@ -132,7 +152,8 @@ def register(app, ingest_app):
         array_unit_um: Optional[float] = typer.Option(
             None, "--array-unit-um", help="um per array coordinate unit (default: 100 for the "
                                           "staggered 2k array, 200 for the 1k array)"),
-        group: Optional[List[str]] = _group_opt(),
+        patient: Optional[List[str]] = _patient_opt(),
+        group: Optional[List[str]] = _group_alias_opt(),
         normalize: str = _normalize_opt(),
         scale: Optional[float] = _scale_opt(),
         genes: str = _genes_opt(),
@@ -144,7 +165,8 @@ def register(app, ingest_app):
         from tabst.errors import InputError
         from tabst.ingest.st import ingest_st, parse_section_spec, read_manifest
 
-        groups = _check_options(normalize, scale, group)
+        _note([alias_note("--group")] if group else [])
+        patients = _check_options(normalize, scale, patient, group)
         prepare_output(out, "file", force=force)  # before reading any input
         specs = []
         given = [p for p in (counts, alignment, image) if p is not None]
@@ -157,10 +179,11 @@ def register(app, ingest_app):
                              "COUNTS,ALIGNMENT,IMAGE,NAME")
         specs += [parse_section_spec(s) for s in section or []]
         if manifest is not None:
-            more, man_groups = read_manifest(manifest)
+            more, man_patients, notes = read_manifest(manifest)
+            _note(notes)
             specs += more
-            groups = _check_options(normalize, scale, group, man_groups)
-        res = ingest_st(specs, out, groups=groups, all_spots=all_spots, tissue=tissue,
+            patients = _check_options(normalize, scale, patient, group, man_patients)
+        res = ingest_st(specs, out, patients=patients, all_spots=all_spots, tissue=tissue,
                         normalize=normalize, scale=scale, genes=genes, force=force,
                         spot_diameter_um=spot_diameter_um, array_unit_um=array_unit_um,
                         command=["tabst"] + sys.argv[1:], show_progress=not as_json)
@@ -175,7 +198,8 @@ def register(app, ingest_app):
         ids: Optional[List[str]] = typer.Option(
             None, "--id", help="HEST sample id (repeatable; default: every id with both "
                                "st/<id>.h5ad and patches/<id>.h5)"),
-        group: Optional[List[str]] = _group_opt(),
+        patient: Optional[List[str]] = _patient_opt(),
+        group: Optional[List[str]] = _group_alias_opt(),
         normalize: str = _normalize_opt(),
         scale: Optional[float] = _scale_opt(),
         genes: str = _genes_opt(),
@@ -186,9 +210,10 @@ def register(app, ingest_app):
         (matched by barcode); `tabst embed` then uses the stored 224 px patches as they are."""
         from tabst.ingest.hest import ingest_hest
 
-        groups = _check_options(normalize, scale, group)
+        _note([alias_note("--group")] if group else [])
+        patients = _check_options(normalize, scale, patient, group)
         prepare_output(out, "file", force=force)  # before reading any input
-        res = ingest_hest(hest_dir, out, ids=ids, groups=groups, normalize=normalize,
+        res = ingest_hest(hest_dir, out, ids=ids, patients=patients, normalize=normalize,
                           scale=scale, genes=genes, force=force,
                           command=["tabst"] + sys.argv[1:], show_progress=not as_json)
         _finish(res, as_json)

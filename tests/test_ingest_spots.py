@@ -77,7 +77,7 @@ def _mob_expected(i):
     return dict(genes=genes, rows=rows, align=align, matched=matched, selected=selected, off=off)
 
 
-MOB_GROUPS = {"MOB1": "mouseA", "MOB2": "mouseA", "MOB3": "mouseB", "MOB4": "mouseB"}
+MOB_PATIENTS = {"MOB1": "mouseA", "MOB2": "mouseA", "MOB3": "mouseB", "MOB4": "mouseB"}
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +85,7 @@ def mob_store(tmp_path_factory):
     from tabst.ingest.st import ingest_st
 
     out = tmp_path_factory.mktemp("mob") / "mob.h5"
-    summary = ingest_st(_mob_specs(), out, groups=MOB_GROUPS, show_progress=False)
+    summary = ingest_st(_mob_specs(), out, patients=MOB_PATIENTS, show_progress=False)
     return out, summary
 
 
@@ -140,34 +140,39 @@ def test_mob_expression_is_cp10k_of_raw_counts_which_are_kept(mob_store):
 
 
 @need_mob
-def test_mob_groups_written_per_spot(mob_store):
+def test_mob_patients_written_per_spot_not_as_group(mob_store):
     from tabst.ingest.spots import describe_summary
 
     path, summary = mob_store
-    cells = cells_frame(path, ["sample", "group"])
-    assert cells["group"].tolist() == [MOB_GROUPS[s] for s in cells["sample"]]
-    assert set(cells["group"]) == {"mouseA", "mouseB"}
+    cells = cells_frame(path, ["sample", "patient"])
+    assert cells["patient"].tolist() == [MOB_PATIENTS[s] for s in cells["sample"]]
+    assert set(cells["patient"]) == {"mouseA", "mouseB"}
     with open_store(path) as f:
-        assert f["cells/group"].attrs["description"].startswith("patient / group")
-        assert json.loads(f.attrs["provenance"])["groups"] == MOB_GROUPS
-    assert summary["groups"] == MOB_GROUPS
+        assert f["cells/patient"].attrs["description"].startswith("patient / tumour")
+        assert "cells/group" not in f  # /cells/group stays the train/validation/test split
+        prov = json.loads(f.attrs["provenance"])
+        assert prov["patients"] == MOB_PATIENTS and "groups" not in prov
+    assert summary["patients"] == MOB_PATIENTS and "groups" not in summary
     text = "\n".join(describe_summary(summary))
-    assert "mouseA = MOB1, MOB2; mouseB = MOB3, MOB4" in text
+    assert "patients: 2 (mouseA = MOB1, MOB2; mouseB = MOB3, MOB4) -> /cells/patient" in text
+    assert any(ln.startswith("  MOB3: ") and "patient=mouseB" in ln for ln in text.splitlines())
     assert "normalisation cp10k: X = log1p(count/total*10000)" in text
 
 
 @need_mob
 @pytest.mark.parametrize("args, expected", [
-    (["--group", "MOB1=a", "--group", "MOB5=b"], "'MOB5', which are not sections of this "
-                                                 "ingest (sections: MOB1, MOB2)"),
-    (["--group", "MOB1=a"], "sections without a group: MOB2"),
-    (["--group", "MOB1=a", "--group", "MOB1=b", "--group", "MOB2=b"], "two groups"),
-    (["--group", "MOB1"], "expected SAMPLE=GROUP"),
+    (["--patient", "MOB1=a", "--patient", "MOB5=b"], "'MOB5', which are not sections of this "
+                                                     "ingest (sections: MOB1, MOB2)"),
+    (["--patient", "MOB1=a"], "sections without a patient: MOB2"),
+    (["--patient", "MOB1=a", "--patient", "MOB1=b", "--patient", "MOB2=b"], "two patients"),
+    (["--patient", "MOB1"], "--patient 'MOB1': expected SAMPLE=PATIENT"),
+    (["--group", "MOB1"], "--group 'MOB1': expected SAMPLE=PATIENT"),  # the old name too
+    (["--patient", "MOB1=a", "--group", "MOB1=b", "--patient", "MOB2=b"], "'a' and 'b'"),
     (["--scale", "50"], "does not apply to --normalize cp10k"),
     (["--normalize", "log1p", "--scale", "100"], "applies to --normalize log1p-cpt only"),
     (["--normalize", "cpm"], "must be one of cp10k, log1p, log1p-cpt, none"),
 ])
-def test_st_bad_group_or_normalisation_refused_before_reading(tmp_path, args, expected):
+def test_st_bad_patient_or_normalisation_refused_before_reading(tmp_path, args, expected):
     sections = []
     for c, a, i, n in _mob_specs(2):
         sections += ["--section", f"{c},{a},{i},{n}"]
@@ -206,28 +211,29 @@ def test_mob_coordinates_land_on_tissue(mob_store):
 @need_mob
 def test_st_cli_sections_manifest_all_spots_and_json(tmp_path):
     man = tmp_path / "sections.csv"
-    man.write_text("counts,alignment,image,sample,group\n" + "".join(
+    man.write_text("counts,alignment,image,sample,patient\n" + "".join(
         f"{c},{a},{i},{n},patient2\n" for c, a, i, n in _mob_specs(2)[1:]))
     c1, a1, i1, _ = _mob_specs(1)[0]
     out = tmp_path / "cli.h5"
     base = ["ingest", "st", str(c1), str(a1), str(i1), "--sample", "A", "--manifest", str(man)]
     r = CliRunner().invoke(_app(), [*base, "--all-spots", "--normalize", "none",
-                                    "--group", "A=patient1", "--out", str(out), "--json"])
+                                    "--patient", "A=patient1", "--out", str(out), "--json"])
     assert r.exit_code == 0, r.output
     summary = json.loads(r.stdout.strip().splitlines()[-1])
     assert summary["samples"] == {"A": len(_mob_expected(1)["matched"]),
                                   "MOB2": len(_mob_expected(2)["matched"])}
-    assert summary["groups"] == {"A": "patient1", "MOB2": "patient2"}  # --group + manifest
-    cells = cells_frame(out, ["sample", "group"])
-    assert (cells["group"] == cells["sample"].map({"A": "patient1", "MOB2": "patient2"})).all()
+    assert summary["patients"] == {"A": "patient1", "MOB2": "patient2"}  # --patient + manifest
+    cells = cells_frame(out, ["sample", "patient"])
+    assert (cells["patient"] == cells["sample"].map({"A": "patient1", "MOB2": "patient2"})).all()
+    assert "note:" not in r.output  # the current names: no deprecation note
     with open_store(out) as f:
         assert f["expression/X"].attrs["transform"] == "count"
         assert json.loads(f.attrs["provenance"])["normalize"] == "none"
         x = f["expression/X"][0]
         np.testing.assert_array_equal(f["expression/counts"][:50], f["expression/X"][:50])
     assert np.all(x == np.round(x)) and x.max() > 1  # raw counts kept as they are
-    # the manifest's group and --group disagree on MOB2: refused before anything is read
-    r = CliRunner().invoke(_app(), [*base, "--group", "A=p1", "--group", "MOB2=p3",
+    # the manifest's patient and --patient disagree on MOB2: refused before anything is read
+    r = CliRunner().invoke(_app(), [*base, "--patient", "A=p1", "--patient", "MOB2=p3",
                                     "--out", str(tmp_path / "conflict.h5")])
     assert r.exit_code == 1 and "'patient2' and 'p3'" in r.output, r.output
     assert not (tmp_path / "conflict.h5").exists()
@@ -318,6 +324,56 @@ def test_st_errors_name_the_file(tmp_path):
     assert not (tmp_path / "x.h5").exists()
 
 
+def _st_cli_args(tmp_path, *names):
+    """``--section`` options of tiny synthetic ST sections called ``names``."""
+    args = []
+    for n in names:
+        args += ["--section", ",".join(map(str, _write_st_section(tmp_path, n, ["g1", "g2"], 20)))
+                 + f",{n}"]
+    return args
+
+
+def test_old_group_option_is_an_alias_of_patient_and_never_writes_cells_group(tmp_path):
+    out = tmp_path / "alias.h5"
+    r = CliRunner().invoke(_app(), ["ingest", "st", *_st_cli_args(tmp_path, "A", "B"),
+                                    "--group", "A=p1", "--patient", "B=p2", "--out", str(out),
+                                    "--json"])
+    assert r.exit_code == 0, r.output
+    notes = [ln for ln in r.stderr.splitlines() if "--group" in ln]
+    assert len(notes) == 1 and "old name of --patient" in notes[0], r.stderr
+    assert "writes /cells/patient" in notes[0]
+    summary = json.loads(r.stdout.strip().splitlines()[-1])  # stdout stays one JSON line
+    assert summary["patients"] == {"A": "p1", "B": "p2"}
+    cells = cells_frame(out, ["sample", "patient"])
+    assert (cells["patient"] == cells["sample"].map({"A": "p1", "B": "p2"})).all()
+    with open_store(out) as f:
+        assert "cells/group" not in f  # predict's --group split column is left alone
+        assert json.loads(f.attrs["provenance"])["patients"] == {"A": "p1", "B": "p2"}
+
+
+def test_manifest_group_column_is_read_as_patient_with_a_note(tmp_path):
+    specs = {n: _write_st_section(tmp_path, n, ["g1", "g2"], 20) for n in ("A", "B")}
+    man = tmp_path / "m.csv"
+    man.write_text("counts,alignment,image,sample,group\n" + "".join(
+        f"{c},{a},{i},{n},P{n}\n" for n, (c, a, i) in specs.items()))
+    out = tmp_path / "m.h5"
+    r = CliRunner().invoke(_app(), ["ingest", "st", "--manifest", str(man), "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert "the 'group' column of m.csv is the old name of 'patient'" in r.stderr, r.stderr
+    assert "patients: 2 (PA = A; PB = B) -> /cells/patient" in r.output
+    with open_store(out) as f:
+        assert "cells/group" not in f
+        assert sorted(set(read_strings(f["cells/patient"]))) == ["PA", "PB"]
+    # both names at once: refused, nothing written
+    man.write_text("counts,alignment,image,sample,patient,group\n" + "".join(
+        f"{c},{a},{i},{n},P{n},P{n}\n" for n, (c, a, i) in specs.items()))
+    r = CliRunner().invoke(_app(), ["ingest", "st", "--manifest", str(man),
+                                    "--out", str(tmp_path / "both.h5")])
+    assert r.exit_code == 1 and "both a 'patient' and a 'group' column" in r.output, r.output
+    assert "m.csv" in r.output and "Traceback" not in r.output
+    assert not (tmp_path / "both.h5").exists()
+
+
 def test_normalize_counts_choices():
     import scipy.sparse as sp
 
@@ -396,7 +452,7 @@ def _visium_mtx_triplets():
 def visium_store(tmp_path_factory):
     out = tmp_path_factory.mktemp("visium") / "visium.h5"
     r = CliRunner().invoke(_app(), ["ingest", "visium", str(VISIUM), "--sample", "cyt",
-                                    "--group", "cyt=mouse1", "--out", str(out), "--json"])
+                                    "--patient", "cyt=mouse1", "--out", str(out), "--json"])
     assert r.exit_code == 0, r.output
     return out, json.loads(r.stdout.strip().splitlines()[-1])
 
@@ -411,7 +467,8 @@ def test_visium_counts_genes_and_expression_match_raw(visium_store):
     assert len(in_tissue) == 2898 and set(barcodes) == in_tissue
     cells = cells_frame(path)
     assert len(cells) == 2898 and summary["n_spots"] == 2898 and summary["n_genes"] == 19465
-    assert set(cells["group"]) == {"mouse1"} and summary["groups"] == {"cyt": "mouse1"}
+    assert set(cells["patient"]) == {"mouse1"} and summary["patients"] == {"cyt": "mouse1"}
+    assert "group" not in cells.columns
     assert set(cells["cell_id"]) == in_tissue  # one sample: ids are the barcodes themselves
     with open_store(path) as f:
         genes = list(read_strings(f["expression/genes"]))
@@ -556,11 +613,11 @@ def test_hest_fixture_round_trips(tmp_path):
                                         missing_patch=(), extra_patch=False, seed=2)
     out = tmp_path / "store" / "hest.h5"
     r = CliRunner().invoke(_app(), ["ingest", "hest", str(root), "--normalize", "log1p",
-                                    "--group", "TENX1=P1", "--group", "TENX2=P2",
+                                    "--patient", "TENX1=P1", "--patient", "TENX2=P2",
                                     "--out", str(out), "--json"])
     assert r.exit_code == 0, r.output
     summary = json.loads(r.stdout.strip().splitlines()[-1])
-    assert summary["groups"] == {"TENX1": "P1", "TENX2": "P2"}
+    assert summary["patients"] == {"TENX1": "P1", "TENX2": "P2"}
     rep = summary["sections"]["TENX1"]
     assert rep["spots_without_patch"] == 1 and rep["patches_without_expression"] == 1
     assert summary["samples"] == {"TENX1": 11, "TENX2": 9}
@@ -575,7 +632,7 @@ def test_hest_fixture_round_trips(tmp_path):
     assert a1["spot_diameter_px"] == pytest.approx(110.0)  # 55 um at 0.5 um/px
     assert (out.parent / a1["path"]).resolve() == (root / "patches" / "TENX1.h5").resolve()
     assert set(cells["tissue"]) == {"Bowel"}
-    assert (cells["group"] == cells["sample"].map({"TENX1": "P1", "TENX2": "P2"})).all()
+    assert (cells["patient"] == cells["sample"].map({"TENX1": "P1", "TENX2": "P2"})).all()
     with open_store(out) as f:
         assert f["expression/X"].attrs["transform"] == "log1p(count)"  # what the HEST preset reads
     for sid, counts, bcs, spatial in (("TENX1", c1, b1, s1), ("TENX2", c2, b2, s2)):
@@ -604,7 +661,7 @@ def test_hest_fixture_round_trips(tmp_path):
         reader.close()
 
 
-def test_hest_defaults_to_cp10k_and_checks_group_ids(tmp_path):
+def test_hest_defaults_to_cp10k_and_checks_patient_ids(tmp_path):
     root = tmp_path / "hest_data"
     counts, bcs, _, _ = _write_hest_sample(root, "S1", ["A", "B", "C"], missing_patch=())
     out = tmp_path / "h.h5"
@@ -617,8 +674,8 @@ def test_hest_defaults_to_cp10k_and_checks_group_ids(tmp_path):
         np.testing.assert_allclose(f["expression/X"][()],
                                    np.log1p(raw / raw.sum(axis=1, keepdims=True) * 1e4),
                                    rtol=1e-5)
-        assert "cells/group" not in f  # no --group: no column
-    r = CliRunner().invoke(_app(), ["ingest", "hest", str(root), "--group", "S2=P1",
+        assert "cells/patient" not in f and "cells/group" not in f  # no --patient: no column
+    r = CliRunner().invoke(_app(), ["ingest", "hest", str(root), "--patient", "S2=P1",
                                     "--out", str(tmp_path / "g.h5")])
     assert r.exit_code == 1 and "'S2'" in r.output and "sections: S1" in r.output, r.output
     assert not (tmp_path / "g.h5").exists()

@@ -261,23 +261,24 @@ def hest_sample_files(hest_dir, ids: Sequence[str] | None = None) -> list[dict]:
     return out
 
 
-def ingest_hest(hest_dir, out, *, ids: Sequence[str] | None = None, groups: dict | None = None,
-                normalize: str = SPOT_DEFAULT, scale: float | None = None, genes: str = "all",
-                force: bool = False, command=None, show_progress: bool = True) -> dict:
+def ingest_hest(hest_dir, out, *, ids: Sequence[str] | None = None,
+                patients: dict | None = None, normalize: str = SPOT_DEFAULT,
+                scale: float | None = None, genes: str = "all", force: bool = False,
+                command=None, show_progress: bool = True) -> dict:
     """Ingest HEST-1k samples from a HEST folder into one new store; returns the write summary
-    of :func:`tabst.ingest.spots.write_spot_store`. ``groups`` maps HEST ids to patient/group
-    labels (``/cells/group``, checked before any sample is read)."""
-    from .groups import assign_groups
+    of :func:`tabst.ingest.spots.write_spot_store`. ``patients`` maps HEST ids to patient
+    labels (``/cells/patient``, checked before any sample is read)."""
     from .normalize import resolve_scale
+    from .patients import assign_patients
     from .spots import write_spot_store
 
     resolve_scale(normalize, scale)  # a bad choice fails before reading
     recs = hest_sample_files(hest_dir, ids)
-    group_of = assign_groups([r["id"] for r in recs], groups)
+    patient_of = assign_patients([r["id"] for r in recs], patients)
     sections = [read_hest_sample(r["st"], r["patches"], r["id"], metadata=r["metadata"],
                                  wsi=r["wsi"]) for r in recs]
-    for sec, g in zip(sections, group_of):
-        sec.group = g
+    for sec, p in zip(sections, patient_of):
+        sec.patient = p
     return write_spot_store(sections, out, normalize=normalize, scale=scale, genes=genes,
                             force=force, command=command, platform="HEST-1k",
                             show_progress=show_progress)

@@ -14,7 +14,8 @@ Each platform reader turns its own files into one :class:`SpotSection` per secti
   before gene selection (``/cells/total_counts``);
 - the raw counts of the chosen genes are kept in ``/expression/counts`` (gzip-compressed), so
   a store can be re-normalised without re-ingesting;
-- a per-section patient/group (:mod:`tabst.ingest.groups`) becomes ``/cells/group``;
+- a per-section patient (:mod:`tabst.ingest.patients`) becomes ``/cells/patient`` (never
+  ``/cells/group``, which is the train/validation/test split of Crunch and table stores);
 - ``/expression/X`` is written in row chunks, so only one chunk is ever dense in memory.
 
 Top-k highly-variable-gene selection is deliberately *not* offered here: computed on all
@@ -35,7 +36,6 @@ from ..errors import InputError, TabstError
 from ..store import build_provenance, create_store, put, set_attr
 from ..util import progress, relpath_from
 from .checks import check_coordinates, check_expression_block, check_sample_name
-from .groups import GROUP_DESCRIPTION, describe_groups
 from .normalize import (
     SPOT_DEFAULT,
     describe_normalization,
@@ -43,6 +43,7 @@ from .normalize import (
     resolve_scale,
     transform_name,
 )
+from .patients import PATIENT_DESCRIPTION, describe_patients
 
 HVG_NOTE = ("Top-k highly variable genes are not selected at ingest (that would leak test "
             "samples into the choice); tabst compare selects them on each training fold only.")
@@ -74,9 +75,9 @@ class SpotSection:
         Stable gene identifiers (e.g. Ensembl ids) aligned with ``genes``, when the input has them.
     tissue : str
         Tissue label for every spot of this section.
-    group : str or None
-        Patient/group of the section (``/cells/group``); all sections of a store have one, or
-        none has.
+    patient : str or None
+        Patient / tumour of the section (``/cells/patient``); all sections of a store have
+        one, or none has.
     extra : dict
         Extra ``/cells`` fields: name -> (array [n], description, unit or None).
     inputs : list of Path
@@ -96,7 +97,7 @@ class SpotSection:
     totals: np.ndarray | None = None
     gene_ids: list | None = None
     tissue: str = "unknown"
-    group: str | None = None
+    patient: str | None = None
     extra: dict = field(default_factory=dict)
     inputs: list = field(default_factory=list)
     report: dict = field(default_factory=dict)
@@ -308,20 +309,23 @@ def _cell_ids(sections: Sequence[SpotSection]) -> list[np.ndarray]:
     return out
 
 
-def _section_groups(sections: Sequence[SpotSection]) -> list[str] | None:
-    """The sections' groups, or None when no section has one (a partial grouping is refused)."""
-    given = [s.group for s in sections]
-    if all(g is None for g in given):
+def _section_patients(sections: Sequence[SpotSection]) -> list[str] | None:
+    """The sections' patients, or None when no section has one (a partial labelling is
+    refused)."""
+    given = [s.patient for s in sections]
+    if all(p is None for p in given):
         return None
-    missing = [s.sample for s, g in zip(sections, given) if g is None]
+    missing = [s.sample for s, p in zip(sections, given) if p is None]
     if missing:
-        raise TabstError(f"sections without a group: {', '.join(missing)}; give every section "
-                         "a group or none")
-    return [str(g) for g in given]
+        raise TabstError(f"sections without a patient: {', '.join(missing)}; give every "
+                         "section a patient or none")
+    return [str(p) for p in given]
 
 
-def _write_cells(f, sections: Sequence[SpotSection], ids: list, groups, platform: str) -> None:
-    """``/cells``: ids, sample, tissue, group (when given), x, y, total_counts, readers' extras."""
+def _write_cells(f, sections: Sequence[SpotSection], ids: list, patients,
+                 platform: str) -> None:
+    """``/cells``: ids, sample, tissue, patient (when given), x, y, total_counts, readers'
+    extras."""
     def per_section(value_of):
         return np.concatenate([np.full(len(s.spot_ids), value_of(s), dtype=object)
                                for s in sections])
@@ -336,8 +340,8 @@ def _write_cells(f, sections: Sequence[SpotSection], ids: list, groups, platform
         description="sample (section) the spot belongs to")
     put(c, "tissue", per_section(lambda s: s.tissue),
         description="tissue type ('unknown' when not given)")
-    if groups is not None:
-        put(c, "group", per_section(lambda s: s.group), description=GROUP_DESCRIPTION)
+    if patients is not None:
+        put(c, "patient", per_section(lambda s: s.patient), description=PATIENT_DESCRIPTION)
     put(c, "x", np.concatenate([s.x for s in sections]), unit="px",
         description="spot centre x (column) in the sample's image (see /images/<sample>)")
     put(c, "y", np.concatenate([s.y for s in sections]), unit="px",
@@ -432,7 +436,7 @@ def write_spot_store(sections: Sequence[SpotSection], out, *, normalize: str = S
     Returns
     -------
     dict : summary (``store``, ``n_spots``, ``n_genes``, ``samples`` {name: n_spots},
-        ``groups`` {name: group} or None, ``genes`` report, ``sections`` reports,
+        ``patients`` {name: patient} or None, ``genes`` report, ``sections`` reports,
         ``normalize``, ``transform``, ``normalization`` (one line saying what X is)).
     """
     scale = resolve_scale(normalize, scale)
@@ -440,20 +444,21 @@ def write_spot_store(sections: Sequence[SpotSection], out, *, normalize: str = S
     sections = list(sections)
     chosen, gene_report = resolve_genes(sections, genes)
     ids = _cell_ids(sections)
-    groups = _section_groups(sections)
+    patients = _section_patients(sections)
     out = Path(out)
     n_total = sum(len(s.spot_ids) for s in sections)
     if n_total == 0:
         raise TabstError("no spots to write: every section is empty after selection "
                          "(try --all-spots to keep spots outside the tissue)")
-    group_map = None if groups is None else {s.sample: g for s, g in zip(sections, groups)}
+    patient_of = (None if patients is None else
+                  {s.sample: p for s, p in zip(sections, patients)})
     reports = {s.sample: s.report for s in sections}
     prov = build_provenance([p for s in sections for p in s.inputs], command=command,
                             hash_inputs=hash_inputs, platform=platform, normalize=normalize,
                             scale=scale, transform=transform, genes=gene_report,
-                            sections=reports, groups=group_map, hvg_note=HVG_NOTE)
+                            sections=reports, patients=patient_of, hvg_note=HVG_NOTE)
     with create_store(out, force=force, provenance=prov) as f:
-        _write_cells(f, sections, ids, groups, platform)
+        _write_cells(f, sections, ids, patients, platform)
         _write_images(f, sections, out.resolve().parent)
         _write_expression(f, sections, chosen, gene_report, normalize=normalize, scale=scale,
                           transform=transform, platform=platform,
@@ -461,7 +466,7 @@ def write_spot_store(sections: Sequence[SpotSection], out, *, normalize: str = S
                           show_progress=show_progress)
     return {"store": str(out), "platform": platform, "n_spots": int(n_total),
             "n_genes": len(chosen), "samples": {s.sample: int(len(s.spot_ids)) for s in sections},
-            "groups": group_map, "normalize": normalize, "transform": transform,
+            "patients": patient_of, "normalize": normalize, "transform": transform,
             "normalization": describe_normalization(normalize, scale), "genes": gene_report,
             "sections": reports}
 
@@ -470,11 +475,11 @@ def describe_summary(summary: dict) -> list[str]:
     """Human-readable lines for a :func:`write_spot_store` summary (the CLI prints them)."""
     lines = [(f"wrote {summary['store']}: {summary['n_spots']:,} spots x {summary['n_genes']:,} "
               f"genes ({summary['platform']}, X = {summary['transform']})")]
-    groups = summary.get("groups")
+    patients = summary.get("patients")
     for name, n in summary["samples"].items():
         rep = summary["sections"].get(name, {})
         gr = summary["genes"]["per_sample"].get(name, {})
-        bits = [f"{n:,} spots"] + ([f"group={groups[name]}"] if groups else [])
+        bits = [f"{n:,} spots"] + ([f"patient={patients[name]}"] if patients else [])
         for k in ("match_rate", "spots_in_counts", "spots_selected", "spots_dropped_unmatched",
                   "image_choice", "spot_diameter_px", "patches_without_expression",
                   "spots_without_patch"):
@@ -487,7 +492,7 @@ def describe_summary(summary: dict) -> list[str]:
         lines.append(f"  {name}: " + ", ".join(bits))
     lines.append(f"  normalisation {summary['normalization']}; raw counts kept in "
                  "/expression/counts")
-    lines.append("  groups: " + describe_groups(groups))
+    lines.append("  patients: " + describe_patients(patients))
     lines.append("  note: " + HVG_NOTE)
     return lines
 

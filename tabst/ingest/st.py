@@ -320,14 +320,29 @@ def parse_section_spec(spec: str, base: Path | None = None) -> tuple[Path, Path,
     return paths[0], paths[1], paths[2], (parts[3] if len(parts) == 4 and parts[3] else None)
 
 
-def read_manifest(path) -> tuple[list[tuple[Path, Path, Path, str | None]], dict]:
-    """A CSV/TSV manifest with columns counts, alignment, image[, sample][, group]; relative
-    paths are resolved against the manifest's folder.
+def _patient_column(m, path: Path) -> tuple[str | None, list[str]]:
+    """The manifest's patient column (``patient``, or its old name ``group``) and the notes to
+    print (one when the old name is used); both columns at once are refused."""
+    from .patients import alias_note
 
-    Returns (specs, groups): ``(counts, alignment, image, sample_or_None)`` per row, and
-    ``{sample: group}`` for the rows with a non-empty ``group`` (the sample name as
-    :func:`st_sample_name` resolves it)."""
-    from .groups import add_group
+    if "patient" in m.columns and "group" in m.columns:
+        raise InputError("both a 'patient' and a 'group' column ('group' is the old name of "
+                         "'patient')", file=path, column="group",
+                         fix="keep one column, named patient")
+    if "group" in m.columns:
+        return "group", [alias_note(f"the 'group' column of {path.name}", "'patient'")]
+    return ("patient" if "patient" in m.columns else None), []
+
+
+def read_manifest(path) -> tuple[list[tuple[Path, Path, Path, str | None]], dict, list[str]]:
+    """A CSV/TSV manifest with columns counts, alignment, image[, sample][, patient]; relative
+    paths are resolved against the manifest's folder. A ``group`` column is read as
+    ``patient`` (its old name), with a note.
+
+    Returns (specs, patients, notes): ``(counts, alignment, image, sample_or_None)`` per row,
+    ``{sample: patient}`` for the rows with a non-empty patient (the sample name as
+    :func:`st_sample_name` resolves it), and the notes to show the user."""
+    from .patients import add_patient
 
     path = Path(path)
     if not path.is_file():
@@ -338,8 +353,9 @@ def read_manifest(path) -> tuple[list[tuple[Path, Path, Path, str | None]], dict
         if col not in m.columns:
             raise InputError(f"missing column '{col}' (has: {', '.join(m.columns)})", file=path,
                              column=col, fix="columns: counts, alignment, image[, sample]"
-                                             "[, group]")
-    out, groups = [], {}
+                                             "[, patient]")
+    pcol, notes = _patient_column(m, path)
+    out, patients = [], {}
     for r, row in enumerate(m.itertuples(index=False), start=1):
         vals = []
         for col in ("counts", "alignment", "image"):
@@ -353,10 +369,11 @@ def read_manifest(path) -> tuple[list[tuple[Path, Path, Path, str | None]], dict
             check_sample_name(name.strip(), file=path, row=r, column="sample")
         name = name.strip() if isinstance(name, str) and name.strip() else None
         out.append((vals[0], vals[1], vals[2], name))
-        group = getattr(row, "group", None) if "group" in m.columns else None
-        if isinstance(group, str) and group.strip():
-            add_group(groups, st_sample_name(vals[0], name), group, f"{path.name} row {r}")
-    return out, groups
+        patient = getattr(row, pcol, None) if pcol else None
+        if isinstance(patient, str) and patient.strip():
+            add_patient(patients, st_sample_name(vals[0], name), patient,
+                        f"{path.name} row {r}")
+    return out, patients, notes
 
 
 def read_st_sections(specs: Sequence[tuple], **kwargs) -> list[SpotSection]:
@@ -364,7 +381,7 @@ def read_st_sections(specs: Sequence[tuple], **kwargs) -> list[SpotSection]:
     return [read_st_section(c, a, i, n, **kwargs) for c, a, i, n in specs]
 
 
-def ingest_st(specs: Sequence[tuple], out, *, groups: dict | None = None,
+def ingest_st(specs: Sequence[tuple], out, *, patients: dict | None = None,
               all_spots: bool = False, tissue: str = "unknown", normalize: str = SPOT_DEFAULT,
               scale: float | None = None, genes: str = "all", force: bool = False,
               spot_diameter_um: float = ST_SPOT_DIAMETER_UM, array_unit_um: float | None = None,
@@ -372,12 +389,12 @@ def ingest_st(specs: Sequence[tuple], out, *, groups: dict | None = None,
     """Ingest legacy-ST sections into one new store; returns the write summary
     (see :func:`tabst.ingest.spots.write_spot_store`).
 
-    ``specs`` are ``(counts, alignment, image, sample_or_None)``; ``groups`` maps sample names
-    to patient/group labels (``/cells/group``; checked before any file is read, see
-    :func:`tabst.ingest.groups.assign_groups`).
+    ``specs`` are ``(counts, alignment, image, sample_or_None)``; ``patients`` maps sample
+    names to patient labels (``/cells/patient``; checked before any file is read, see
+    :func:`tabst.ingest.patients.assign_patients`).
     """
-    from .groups import assign_groups
     from .normalize import resolve_scale
+    from .patients import assign_patients
     from .spots import write_spot_store
 
     if not specs:
@@ -385,11 +402,11 @@ def ingest_st(specs: Sequence[tuple], out, *, groups: dict | None = None,
                          fix="give COUNTS ALIGNMENT IMAGE, or --section COUNTS,ALIGNMENT,IMAGE"
                              "[,NAME] (repeatable), or --manifest FILE")
     resolve_scale(normalize, scale)  # a bad choice fails before reading
-    group_of = assign_groups([st_sample_name(c, n) for c, _, _, n in specs], groups)
+    patient_of = assign_patients([st_sample_name(c, n) for c, _, _, n in specs], patients)
     sections = read_st_sections(specs, all_spots=all_spots, tissue=tissue,
                                 spot_diameter_um=spot_diameter_um, array_unit_um=array_unit_um)
-    for sec, g in zip(sections, group_of):
-        sec.group = g
+    for sec, p in zip(sections, patient_of):
+        sec.patient = p
     return write_spot_store(sections, out, normalize=normalize, scale=scale, genes=genes,
                             force=force, command=command, platform="ST",
                             show_progress=show_progress)

@@ -340,17 +340,17 @@ def read_visium(outs, sample: str | None = None, *, fullres_image=None, all_spot
 def ingest_visium(outs_dirs: Sequence, out, *, samples: Sequence[str] | None = None,
                   fullres_images: Sequence | None = None, all_spots: bool = False,
                   gene_names: str = "symbol", tissue: str = "unknown",
-                  groups: dict | None = None, normalize: str = SPOT_DEFAULT,
+                  patients: dict | None = None, normalize: str = SPOT_DEFAULT,
                   scale: float | None = None, genes: str = "all", force: bool = False,
                   command=None, show_progress: bool = True) -> dict:
     """Ingest one or more Space Ranger output folders into one new store.
 
     ``samples`` and ``fullres_images`` (optional) are matched to ``outs_dirs`` by position;
-    ``groups`` maps sample names to patient/group labels (``/cells/group``, checked before any
+    ``patients`` maps sample names to patient labels (``/cells/patient``, checked before any
     file is read). Returns the write summary of :func:`tabst.ingest.spots.write_spot_store`.
     """
-    from .groups import assign_groups
     from .normalize import resolve_scale
+    from .patients import assign_patients
     from .spots import write_spot_store
 
     outs_dirs = [Path(o) for o in outs_dirs]
@@ -366,12 +366,12 @@ def ingest_visium(outs_dirs: Sequence, out, *, samples: Sequence[str] | None = N
                          fix="give one --fullres-image per OUTS_DIR, in the same order, or none")
     resolve_scale(normalize, scale)  # a bad choice fails before reading
     names = samples or [default_visium_name(o) for o in outs_dirs]
-    group_of = assign_groups(names, groups)
+    patient_of = assign_patients(names, patients)
     sections = [read_visium(o, names[i], fullres_image=fulls[i] if fulls else None,
                             all_spots=all_spots, gene_names=gene_names, tissue=tissue)
                 for i, o in enumerate(outs_dirs)]
-    for sec, g in zip(sections, group_of):
-        sec.group = g
+    for sec, p in zip(sections, patient_of):
+        sec.patient = p
     return write_spot_store(sections, out, normalize=normalize, scale=scale, genes=genes,
                             force=force, command=command, platform="Visium",
                             show_progress=show_progress)
