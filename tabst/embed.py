@@ -38,9 +38,9 @@ from .morphology import (
     DEFAULT_RADIUS_UM,
     FEATURES_NAME,
     MASK_FEATURES,
+    batch_nucleus_features,
     feature_layout,
     neighbourhood_features,
-    nucleus_features,
     patch_nucleus_features,
 )
 from .patches import crop_patch, fit_patch, parse_patch_size, resize_patch, sample_patch_sizes
@@ -109,38 +109,48 @@ class PatchBatches:
 
     def _batch(self, k: int) -> dict:
         rows = np.arange(k * self.batch_size, min(self.n, (k + 1) * self.batch_size))
-        natives, boxes, feats = [], [], []
+        natives, boxes = [], []
         with_mask = self.feature_cols is not None and self.feature_cols[0] == MASK_FEATURES[0]
-        for i in rows:
+        mask_feats = np.full((len(rows), len(MASK_FEATURES)), np.nan, np.float32) \
+            if with_mask else None
+        for j, i in enumerate(rows):
             code = int(self.codes[i])
             reader = self._reader(code)
             size = self.sizes[code]
             if reader.patch_based:
                 fields = {f: self.row_values[f][i] for f in reader.row_fields}
-                img = reader.read_patch(int(i), fields)
-                patch, box = fit_patch(img, size, self.fit)
-                if with_mask:
-                    m = reader.read_mask_patch(int(i), fields) \
-                        if hasattr(reader, "read_mask_patch") else None
-                    feats.append(patch_nucleus_features(m, size))
+                patch, box = fit_patch(reader.read_patch(int(i), fields), size, self.fit)
+                if with_mask and hasattr(reader, "read_mask_patch"):
+                    mask_feats[j] = patch_nucleus_features(
+                        reader.read_mask_patch(int(i), fields), size)
             else:
                 patch, box = crop_patch(reader, self.x[i], self.y[i], size)
-                if with_mask:
-                    feats.append(nucleus_features(reader.read_mask_region, self.x[i], self.y[i],
-                                                  size) if reader.has_mask
-                                 else np.full(len(MASK_FEATURES), np.nan, np.float32))
             natives.append(patch)
             boxes.append(box)
+        if with_mask:
+            self._mask_features(rows, mask_feats)
         out = {"rows": rows}
         if self.feature_cols is not None:
             stain = _stain_batch(natives, boxes)
-            parts = ([np.stack(feats)] if with_mask else []) + [stain, self.neigh[rows]]
+            parts = ([mask_feats] if with_mask else []) + [stain, self.neigh[rows]]
             out["features"] = np.concatenate(parts, axis=1).astype(np.float32)
         if self.want_patches:
             if self.resize:
                 natives = [resize_patch(p, self.resize) for p in natives]
             out["patches"] = np.stack(natives)
         return out
+
+    def _mask_features(self, rows, out) -> None:
+        """Nucleus features of the batch's cells on whole-image readers, one sample at a time
+        (:func:`tabst.morphology.batch_nucleus_features`)."""
+        codes = self.codes[rows]
+        for code in np.unique(codes):
+            reader = self._reader(int(code))
+            if reader.patch_based or not reader.has_mask:
+                continue
+            j = np.flatnonzero(codes == code)
+            out[j] = batch_nucleus_features(reader.read_mask_region, self.x[rows[j]],
+                                            self.y[rows[j]], self.sizes[int(code)])
 
 
 def _stain_batch(patches, boxes) -> np.ndarray:

@@ -119,6 +119,91 @@ def region_features(region: np.ndarray) -> np.ndarray:
                      p.axis_minor_length], dtype=np.float32)
 
 
+_PERIMETER_WEIGHTS = np.zeros(50, dtype=np.float64)
+_PERIMETER_WEIGHTS[[5, 7, 15, 17, 25, 27]] = 1
+_PERIMETER_WEIGHTS[[21, 33]] = math.sqrt(2)
+_PERIMETER_WEIGHTS[[13, 23]] = (1 + math.sqrt(2)) / 2
+_CROSS = np.array([[[0, 1, 0], [1, 1, 1], [0, 1, 0]]], dtype=bool)
+_PERIMETER_KERNEL = np.array([[[10, 2, 10], [2, 1, 2], [10, 2, 10]]], dtype=np.uint8)
+
+
+def regions_features(stack: np.ndarray) -> np.ndarray:
+    """:data:`MASK_FEATURES` of a stack of binary regions ``[b, h, w]`` at once.
+
+    Equal (to float rounding) to :func:`region_features` on each region, i.e. to skimage's
+    ``regionprops``: area = pixel count; the axes and eccentricity from the eigenvalues of the
+    inertia tensor of the central moments; the perimeter is skimage's 4-neighbourhood
+    ``perimeter`` (border pixels weighted by their configuration); solidity = area / area of
+    ``convex_hull_image`` of the region's bounding box (the only per-region step). A region
+    with no pixel gives NaN.
+    """
+    from scipy import ndimage as ndi
+    from skimage.morphology import convex_hull_image
+
+    R = np.asarray(stack, dtype=bool)
+    b, h, w = R.shape
+    out = np.full((b, len(MASK_FEATURES)), np.nan, dtype=np.float32)
+    if b == 0:
+        return out
+    area = R.sum(axis=(1, 2)).astype(np.float64)
+    ok = area > 0
+    a = np.where(ok, area, 1.0)
+    prof_r, prof_c = R.sum(axis=2).astype(np.float64), R.sum(axis=1).astype(np.float64)
+    r, c = np.arange(h, dtype=np.float64), np.arange(w, dtype=np.float64)
+    rc, cc = prof_r @ r / a, prof_c @ c / a
+    dr, dc = r[None, :] - rc[:, None], c[None, :] - cc[:, None]
+    mu20 = (prof_r * dr * dr).sum(axis=1)
+    mu02 = (prof_c * dc * dc).sum(axis=1)
+    mu11 = np.einsum("bhw,bh,bw->b", R, dr, dc)
+    tensor = np.empty((b, 2, 2))
+    tensor[:, 0, 0], tensor[:, 1, 1] = mu02 / a, mu20 / a
+    tensor[:, 0, 1] = tensor[:, 1, 0] = -mu11 / a
+    ev = np.clip(np.linalg.eigvalsh(tensor), 0, None)  # ascending
+    l1, l2 = ev[:, 1], ev[:, 0]
+    ecc = np.where(l1 > 0, np.sqrt(np.clip(1 - l2 / np.where(l1 > 0, l1, 1), 0, None)), 0.0)
+    border = R.astype(np.uint8) - ndi.binary_erosion(R, _CROSS, border_value=0)
+    conf = ndi.convolve(border, _PERIMETER_KERNEL, mode="constant", cval=0)
+    perimeter = _PERIMETER_WEIGHTS[conf].sum(axis=(1, 2))
+    convex = np.ones(b)
+    for j in np.flatnonzero(ok):
+        rows, cols = np.flatnonzero(prof_r[j]), np.flatnonzero(prof_c[j])
+        box = R[j, rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+        convex[j] = np.count_nonzero(convex_hull_image(box))
+    feats = np.column_stack([area, perimeter, ecc, area / convex, 4 * np.sqrt(l1),
+                             4 * np.sqrt(l2)])
+    out[ok] = feats[ok]
+    return out
+
+
+def batch_nucleus_features(read_mask, xs, ys, patch_size: int) -> np.ndarray:
+    """:func:`nucleus_features` of many cells: ``float32 [b, 6]``, the same values.
+
+    Each cell's label is picked in a ``max(64, 2P)`` window as there; the regions that do not
+    touch the window's border (nearly all nuclei) are measured together by
+    :func:`regions_features`; the rest take the per-cell path that grows the window.
+    """
+    win = max(MIN_MASK_WINDOW, 2 * int(patch_size))
+    out = np.full((len(xs), len(MASK_FEATURES)), np.nan, dtype=np.float32)
+    stack, where = [], []
+    for j, (x, y) in enumerate(zip(xs, ys)):
+        cy, cx = int(math.floor(y)), int(math.floor(x))
+        m = read_mask(cy - win // 2, cx - win // 2, win, win)
+        if m is None:
+            continue
+        lab = pick_label(m, win // 2, win // 2, int(patch_size))
+        if lab == 0:
+            continue
+        region = m == lab
+        if region[0].any() or region[-1].any() or region[:, 0].any() or region[:, -1].any():
+            out[j] = nucleus_features(read_mask, x, y, patch_size)
+        else:
+            stack.append(region)
+            where.append(j)
+    if stack:
+        out[where] = regions_features(np.stack(stack))
+    return out
+
+
 def nucleus_features(read_mask, x: float, y: float, patch_size: int) -> np.ndarray:
     """Mask features of the cell at ``(x, y)``.
 

@@ -168,3 +168,49 @@ def test_features_resume_identical(tmp_path):
     with h5py.File(a) as fa, h5py.File(b) as fb:
         assert np.array_equal(fa["features/morphology"][()], fb["features/morphology"][()],
                               equal_nan=True)
+
+
+def _random_nuclei(shape=(400, 400), n=60, seed=3):
+    """A label image of random ellipses (some overlapping, one huge, some split labels)."""
+    from skimage.draw import ellipse
+
+    rng = np.random.default_rng(seed)
+    m = np.zeros(shape, np.int32)
+    for lab in range(1, n + 1):
+        rr, cc = ellipse(rng.uniform(0, shape[0]), rng.uniform(0, shape[1]), rng.uniform(1, 14),
+                         rng.uniform(0.5, 9), rotation=rng.uniform(0, math.pi), shape=shape)
+        m[rr, cc] = lab
+    rr, cc = ellipse(200, 200, 60, 45, shape=shape)  # larger than the 64-px first window
+    m[rr, cc] = n + 1
+    m[10:14, 300:303] = 7  # a second, disconnected piece of label 7
+    return m
+
+
+def test_regions_features_equal_regionprops_on_each_region():
+    from tabst.morphology import region_features, regions_features
+
+    m = _random_nuclei()
+    stack = np.stack([m[y:y + 64, x:x + 64] == lab for lab, (y, x) in
+                      enumerate([(0, 0), (50, 60), (150, 150), (300, 280), (5, 290)], start=1)]
+                     + [np.zeros((64, 64), bool), np.pad(np.ones((1, 1), bool), ((30, 33),) * 2)])
+    got = regions_features(stack)
+    want = np.stack([region_features(r) for r in stack])
+    assert np.array_equal(np.isnan(got), np.isnan(want))
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6, equal_nan=True)
+    assert np.isnan(got[5]).all() and not np.isnan(got[6]).any()
+
+
+def test_batch_nucleus_features_equal_the_per_cell_path():
+    from tabst.morphology import batch_nucleus_features
+
+    m = _random_nuclei()
+    rng = np.random.default_rng(4)
+    xs = np.r_[rng.uniform(-5, 405, 150), 200.5, 301.0, 2.0]  # + the big nucleus, label 7, edge
+    ys = np.r_[rng.uniform(-5, 405, 150), 200.5, 11.5, 398.0]
+    read = reader_for(m)
+    for size in (8, 32):
+        got = batch_nucleus_features(read, xs, ys, size)
+        want = np.stack([nucleus_features(read, x, y, size) for x, y in zip(xs, ys)])
+        assert np.isnan(got).any() and (~np.isnan(got)).any()
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6, equal_nan=True)
+    assert np.isnan(batch_nucleus_features(lambda *a: None, xs[:3], ys[:3], 32)).all()
