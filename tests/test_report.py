@@ -45,7 +45,7 @@ def test_report_is_one_offline_file(run_dir):
     from PIL import Image
 
     for src in imgs:
-        assert src.startswith("data:image/png;base64,")
+        assert src.startswith(("data:image/png;base64,", "data:image/jpeg;base64,"))
         im = Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1])))
         im.load()
         assert im.width > 100 and im.height > 100
@@ -63,6 +63,14 @@ def test_report_content(run_dir):
     assert "best genes" in html and "worst genes" in html
     assert "@media print" in html
     assert f"tabst report {run_dir.name}" in html
+    # a cell store (no spot platform, no spot diameter) says cells; its maps are over its image
+    assert "cell-wise Spearman" in html and "test cells" in html
+    assert not re.search(r"\bspots?\b", html) and "spot-wise" not in html
+    assert 'id="map-choice"' in html and "median cell-wise Spearman of 3 sections" in html
+    assert 'id="map-no-hne"' not in html and "over the section's H&amp;E" in html
+    # tissueA/tissueB vary: the tissue group is a used feature, not a constant one
+    groups = re.search(r'id="feature-groups">(.*?)</table>', html, flags=re.S).group(1)
+    assert ">tissue<" in groups and 'id="constant-groups"' not in html
 
 
 def test_report_rebuilt_from_run_folder_alone(run_dir, tmp_path):

@@ -11,8 +11,6 @@ lower resolution.
 """
 from __future__ import annotations
 
-import base64
-import io
 import json
 import math
 from pathlib import Path
@@ -20,32 +18,22 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import TabstError
+from .common import b64img, corrupt, fmt, setup_mpl
+from .maps import choose_map_sample, fig_spatial
+from .tables import (
+    feature_groups,
+    gene_tables,
+    is_spot_run,
+    spot_text,
+    store_spot_diameter,
+    unit_words,
+)
+from .thumbnail import cached_spot_diameter
 
 TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
 REQUIRED = ("run.json", "leaderboard.csv", "per_sample.csv", "per_gene.csv", "predictions.h5")
 PALETTE = ["#0b5394", "#e69138", "#38761d", "#990000", "#674ea7", "#45818e", "#bf9000",
            "#a64d79", "#434343", "#3d85c6"]
-
-
-def _b64png(fig, dpi: int) -> str:
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight", facecolor="white")
-    plt.close(fig)
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
-
-
-def _fmt(v, nd=3):
-    try:
-        v = float(v)
-    except (TypeError, ValueError):
-        return str(v)
-    if not math.isfinite(v):
-        return "—"
-    if v != 0 and (abs(v) < 10 ** -nd or abs(v) >= 1e5):
-        return f"{v:.{nd}g}"
-    return f"{v:.{nd}f}"
 
 
 def load_run(run_dir) -> dict:
@@ -72,18 +60,13 @@ def load_run(run_dir) -> dict:
     }
 
 
-def _corrupt(path: Path, why: str) -> TabstError:
-    return TabstError(f"{path}: {why}. The run folder is damaged (an interrupted copy or a hand "
-                      "edit?): restore the file, or re-run `tabst compare`.")
-
-
 def _read_json(path: Path) -> dict:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as e:
-        raise _corrupt(path, f"not valid JSON ({e})") from None
+        raise corrupt(path, f"not valid JSON ({e})") from None
     if not isinstance(data, dict):
-        raise _corrupt(path, f"expected a JSON object, found {type(data).__name__}")
+        raise corrupt(path, f"expected a JSON object, found {type(data).__name__}")
     return data
 
 
@@ -93,11 +76,11 @@ def _read_yaml(path: Path) -> dict:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise _corrupt(path, f"not valid YAML ({str(e).splitlines()[0]})") from None
+        raise corrupt(path, f"not valid YAML ({str(e).splitlines()[0]})") from None
     if data is not None and not isinstance(data, dict):
-        raise _corrupt(path, f"expected a YAML mapping, found {type(data).__name__}")
+        raise corrupt(path, f"expected a YAML mapping, found {type(data).__name__}")
     if not isinstance((data or {}).get("report") or {}, dict):
-        raise _corrupt(path, "key 'report' must be a mapping")
+        raise corrupt(path, "key 'report' must be a mapping")
     return data or {}
 
 
@@ -107,7 +90,7 @@ def _read_csv(path: Path):
     try:
         return pd.read_csv(path, keep_default_na=True)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-        raise _corrupt(path, f"not a readable CSV table ({str(e).strip()})") from None
+        raise corrupt(path, f"not a readable CSV table ({str(e).strip()})") from None
 
 
 def _check_h5(path: Path) -> None:
@@ -116,29 +99,17 @@ def _check_h5(path: Path) -> None:
     try:
         with h5py.File(path, "r") as f:
             if "genes" not in f:
-                raise _corrupt(path, "no /genes dataset (not a tabst predictions file)")
+                raise corrupt(path, "no /genes dataset (not a tabst predictions file)")
     except OSError as e:
-        raise _corrupt(path, f"not a readable HDF5 file ({str(e).splitlines()[0]})") from None
+        raise corrupt(path, f"not a readable HDF5 file ({str(e).splitlines()[0]})") from None
 
 
 # --------------------------------------------------------------------------------------------
 # figures
 # --------------------------------------------------------------------------------------------
-def _setup_mpl():
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    plt.rcParams.update({"font.size": 13, "axes.titlesize": 14, "axes.labelsize": 13,
-                         "xtick.labelsize": 12, "ytick.labelsize": 12, "legend.fontsize": 12,
-                         "axes.spines.top": False, "axes.spines.right": False})
-    return plt
-
-
 def fig_gene_distribution(per_gene, order, labels, dpi):
     """Box + strip plot of per-gene Pearson (mean over folds) per model."""
-    plt = _setup_mpl()
+    plt = setup_mpl()
     data = [per_gene.loc[per_gene["model"] == m, "pearson_mean"].to_numpy() for m in order]
     fig, ax = plt.subplots(figsize=(9, 0.6 * len(order) + 1.6))
     pos = np.arange(len(order))[::-1]
@@ -158,12 +129,12 @@ def fig_gene_distribution(per_gene, order, labels, dpi):
     ax.axvline(0, color="#777", lw=1, ls="--")
     ax.set_xlabel("gene-wise Pearson r (one dot per gene, mean over folds)")
     ax.set_title("Distribution of per-gene Pearson per model")
-    return _b64png(fig, dpi)
+    return b64img(fig, dpi)
 
 
 def fig_per_sample(per_sample, order, labels, metric, metric_label, dpi):
     """Grouped bars: the primary metric per held-out sample and model."""
-    plt = _setup_mpl()
+    plt = setup_mpl()
     ps = per_sample.groupby(["model", "sample"], sort=False)[metric].mean().reset_index()
     samples = sorted(ps["sample"].unique(), key=str)
     fig, ax = plt.subplots(figsize=(max(6.5, 1.1 * len(samples) * max(1, len(order)) ** 0.5 + 3),
@@ -182,12 +153,12 @@ def fig_per_sample(per_sample, order, labels, metric, metric_label, dpi):
     ax.axhline(0, color="#777", lw=1)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     ax.set_title(f"{metric_label} per held-out sample")
-    return _b64png(fig, dpi)
+    return b64img(fig, dpi)
 
 
 def fig_cost(lb, labels, dpi):
     """Horizontal bars: fit seconds per fold and peak memory per model."""
-    plt = _setup_mpl()
+    plt = setup_mpl()
     d = lb[np.isfinite(lb["fit_seconds"].to_numpy(dtype=float))]
     if d.empty:
         return None
@@ -202,82 +173,9 @@ def fig_cost(lb, labels, dpi):
         ax.set_yticklabels(names if ax is axes[0] else [""] * len(d))
         ax.set_title(title)
         for p, v in zip(pos, vals):
-            ax.text(np.nan_to_num(v), p, " " + _fmt(v, 2), va="center", fontsize=11)
+            ax.text(np.nan_to_num(v), p, " " + fmt(v, 2), va="center", fontsize=11)
         ax.margins(x=0.25)
-    return _b64png(fig, dpi)
-
-
-def _read_maps(pred_file, sample, genes_show, models_show, n_show):
-    """Coordinates, drawn genes, truth and predictions of ``sample`` (None: nothing to draw)."""
-    import h5py
-
-    with h5py.File(pred_file, "r") as f:
-        genes = [g.decode() if isinstance(g, bytes) else str(g) for g in f["genes"][()]]
-        grp = None
-        for k in sorted(f.keys()):
-            if k.startswith("fold_"):
-                s = f[k]["sample"].asstr()[()]
-                if (s == sample).any():
-                    grp, mask = f[k], s == sample
-                    break
-        if grp is None:
-            return None
-        if "genes" in grp:  # this fold's own columns
-            genes = [g.decode() if isinstance(g, bytes) else str(g) for g in grp["genes"][()]]
-        genes_show = [g for g in genes_show if g in genes][:n_show]
-        if not genes_show:
-            return None
-        x, y = grp["x"][()][mask], grp["y"][()][mask]
-        gi = [genes.index(g) for g in genes_show]
-        truth = grp["truth"][()][mask][:, gi]
-        preds = {m: grp["pred"][m][()][mask][:, gi] for m in models_show if m in grp["pred"]}
-    return x, y, genes_show, truth, preds
-
-
-def fig_spatial(pred_file, sample, genes_show, models_show, labels, dpi, n_show=None):
-    """Measured vs predicted expression maps of a few genes on one held-out sample.
-
-    ``genes_show`` are candidates in order; the first ``n_show`` (default all) that the sample's
-    fold predicted are drawn (with a per-fold gene selection a fold may lack some genes).
-    Returns ``(png, column titles, genes drawn)``."""
-    plt = _setup_mpl()
-    try:
-        got = _read_maps(pred_file, sample, genes_show, models_show, n_show)
-    except (OSError, KeyError, ValueError, IndexError) as e:
-        raise _corrupt(Path(pred_file), f"cannot read the maps of sample {sample!r} "
-                       f"({type(e).__name__}: {e})") from None
-    if got is None:
-        return None, [], []
-    x, y, genes_show, truth, preds = got
-    cols = [("measured", truth)] + [(labels.get(m, m), v) for m, v in preds.items()]
-    n = len(x)
-    size = float(np.clip(9000.0 / max(n, 1), 1.5, 40.0))
-    span_x, span_y = np.ptp(x) or 1.0, np.ptp(y) or 1.0
-    aspect = span_y / span_x
-    w = 3.4
-    fig, axes = plt.subplots(len(genes_show), len(cols), squeeze=False,
-                             figsize=(w * len(cols) + 0.8, max(2.2, w * aspect) * len(genes_show)
-                                      + 0.5))
-    for r, g in enumerate(genes_show):
-        lo, hi = np.nanpercentile(truth[:, r], [1, 99])
-        if not hi > lo:
-            lo, hi = float(np.nanmin(truth[:, r])), float(np.nanmax(truth[:, r])) + 1e-6
-        for c, (name, vals) in enumerate(cols):
-            ax = axes[r, c]
-            sc = ax.scatter(x, y, c=vals[:, r], s=size, cmap="viridis", vmin=lo, vmax=hi,
-                            linewidths=0, rasterized=True)
-            ax.set_aspect("equal")
-            ax.invert_yaxis()
-            ax.set_xticks([])
-            ax.set_yticks([])
-            for sp in ax.spines.values():
-                sp.set_visible(False)
-            if r == 0:
-                ax.set_title(name, fontsize=14)
-            if c == 0:
-                ax.set_ylabel(g, fontsize=14)
-        fig.colorbar(sc, ax=list(axes[r, :]), shrink=0.85, pad=0.01)
-    return _b64png(fig, dpi), [c[0] for c in cols], list(genes_show)
+    return b64img(fig, dpi)
 
 
 # --------------------------------------------------------------------------------------------
@@ -297,6 +195,79 @@ def _context(R: dict, run_dir: Path, dpi: int, run_name: str) -> dict:
     ok = lb[lb["n_folds_ok"] > 0]
     ok_models = list(ok["model"])
 
+    rows = _leaderboard_rows(lb, ok, metrics, order_m, direction)
+    store = run.get("store") or {}
+    spot_d = store_spot_diameter(store.get("path"), list(store.get("samples") or {})) \
+        or cached_spot_diameter(run_dir)
+    spots = is_spot_run(run, spot_d)
+    words = unit_words(spots)
+    labels_m = {k: spot_text(v, spots) for k, v in labels_m.items()}
+
+    ps, pg = R["per_sample"], R["per_gene"]
+    samples, samp_rows = _per_sample_table(ps, ok_models, labels, primary)
+    figs = _figures(lb, ps, pg, ok_models, labels, primary, labels_m[primary], dpi)
+
+    # best model by the primary metric (excluding the constant mean baseline) for genes and maps
+    cand = ok[ok["model"] != "mean"] if (ok["model"] != "mean").any() else ok
+    gene_model = None
+    if not cand.empty:
+        gene_model = cand.sort_values(f"{primary}_mean", ascending=direction[primary] < 0,
+                                      na_position="last")["model"].iloc[0]
+    genes = {"best": [], "worst": [], "const": [], "map_candidates": [], "rule": ""}
+    if gene_model is not None and not pg.empty:
+        n_ok = int(lb.loc[lb["model"] == gene_model, "n_folds_ok"].iloc[0])
+        genes = gene_tables(pg, gene_model, n_ok, int(rep["n_best_worst"]))
+    show = [gene_model] + [m for m in ok_models if m not in (gene_model, "mean")][:1]
+    spatial = _spatial(run_dir, run, ps, rep, genes["map_candidates"], show, labels, dpi,
+                       gene_model, primary, labels_m[primary])
+    emb = run.get("embedding") or {}
+    eattrs = (emb.get("attrs") or {}) if isinstance(emb, dict) else {}
+    weights = str(eattrs.get("weights", "")) if eattrs else ""
+    versions = run.get("versions") or {}
+    fails = [r for r in rows if not r["ok"]]
+    return {
+        "title": f"tabst compare · {run.get('config_name', '')}",
+        "run": run, "run_name": run_name, "primary": primary,
+        "metric_cols": [{"key": m, "label": labels_m[m], "up": direction[m] > 0,
+                         "primary": m == primary} for m in order_m],
+        "rows": rows, "fails": fails, "samples": samples, "samp_rows": samp_rows,
+        "lb_notes": [spot_text(n, spots) for n in run.get("leaderboard_notes") or []],
+        "spots": spots, **words, "feature_groups": feature_groups(run, run_dir, words),
+        "primary_label": labels_m[primary], "cw_label": labels_m["cellwise_spearman"],
+        "figs": figs, "gene_model": labels.get(gene_model),
+        "genes": genes, "spatial": spatial,
+        "random_weights": weights.lower() == "random",
+        "unsafe": bool(run.get("unsafe_random_split")),
+        "embedding_name": emb.get("name") if isinstance(emb, dict) else None,
+        "embedding_attrs": [(k, _short(v)) for k, v in eattrs.items()
+                            if k not in ("description",)],
+        "store": store, "samples_info": store.get("samples") or {},
+        "gene_selection": spot_text(_gene_selection_text(run), spots),
+        "features": run.get("features") or {}, "feature_spec": run.get("feature_spec") or {},
+        "folds": run.get("folds") or [], "versions": [(k, v) for k, v in versions.items() if v],
+        "seeds": run.get("seeds") or {}, "timing": run.get("timing") or {},
+        "provenance": _short(store.get("provenance")),
+        "command": " ".join(run.get("command") or []),
+        "fmt": fmt,
+    }
+
+
+def _spatial(run_dir, run, ps, rep, candidates, show, labels, dpi, gene_model, primary,
+             metric_label) -> dict | None:
+    """The maps section: the chosen section, why, and its figure (None: nothing to map)."""
+    if not candidates or int(rep["n_map_genes"]) <= 0 or gene_model is None or ps.empty:
+        return None
+    sample, reason = choose_map_sample(ps, gene_model, primary, metric_label,
+                                       rep.get("map_sample"))
+    if sample is None:
+        return None
+    got = fig_spatial(run_dir, (run.get("store") or {}).get("path"), sample, candidates, show,
+                      labels, dpi, n_show=int(rep["n_map_genes"]))
+    return None if got is None else {**got, "sample": sample, "reason": reason}
+
+
+def _leaderboard_rows(lb, ok, metrics, order_m, direction) -> list[dict]:
+    """One template row per leaderboard line; the best value of each metric is marked."""
     best = {}
     for m in metrics:
         v = ok[f"{m}_mean"].to_numpy(dtype=float)
@@ -307,7 +278,7 @@ def _context(R: dict, run_dir: Path, dpi: int, run_name: str) -> dict:
         cells = []
         for m in order_m:
             mu, sd = float(r[f"{m}_mean"]), float(r[f"{m}_sd"])
-            cells.append({"text": f"{_fmt(mu)} ± {_fmt(sd)}" if math.isfinite(mu) else "—",
+            cells.append({"text": f"{fmt(mu)} ± {fmt(sd)}" if math.isfinite(mu) else "—",
                           "best": m in best and math.isfinite(mu) and np.isclose(mu, best[m])})
         ranked = r.get("ranked", True)
         ranked = True if ranked != ranked else bool(ranked)  # NaN (older runs): ranked
@@ -315,94 +286,34 @@ def _context(R: dict, run_dir: Path, dpi: int, run_name: str) -> dict:
                      "label": r["label"], "note": str(r["note"]) if "note" in r and
                      isinstance(r["note"], str) else "",
                      "cells": cells, "status": r["status"], "error": r.get("error", ""),
-                     "ok": r["status"] == "ok", "fit": _fmt(r["fit_seconds"], 2),
-                     "predict": _fmt(r["predict_seconds"], 3), "mem": _fmt(r["peak_mem_mb"], 0),
+                     "ok": r["status"] == "ok", "fit": fmt(r["fit_seconds"], 2),
+                     "predict": fmt(r["predict_seconds"], 3), "mem": fmt(r["peak_mem_mb"], 0),
                      "n_features": int(r["n_features"]), "codec": r.get("codec", ""),
                      "refit": r.get("refit", "")})
 
-    # per-sample table + figure
-    ps = R["per_sample"]
-    samp_rows, samples = [], []
-    if not ps.empty:
-        agg = ps.groupby(["model", "sample"], sort=False)[primary].mean().unstack("sample")
-        samples = sorted(agg.columns, key=str)
-        for m in ok_models:
-            if m in agg.index:
-                samp_rows.append({"label": labels[m],
-                                  "vals": [_fmt(agg.loc[m, s]) for s in samples]})
-    figs = dict.fromkeys(("per_sample", "genes", "cost", "spatial"))  # None = not drawn
-    pg = R["per_gene"]
+    return rows
+
+
+def _per_sample_table(ps, ok_models, labels, primary):
+    """Held-out samples and one row per model of its primary metric on each."""
+    if ps.empty:
+        return [], []
+    agg = ps.groupby(["model", "sample"], sort=False)[primary].mean().unstack("sample")
+    samples = sorted(agg.columns, key=str)
+    return samples, [{"label": labels[m], "vals": [fmt(agg.loc[m, s]) for s in samples]}
+                     for m in ok_models if m in agg.index]
+
+
+def _figures(lb, ps, pg, ok_models, labels, primary, primary_label, dpi) -> dict:
+    """The per-sample, per-gene and cost figures (None where there is nothing to draw)."""
+    figs = dict.fromkeys(("per_sample", "genes", "cost"))
     if ok_models and not ps.empty:
-        figs["per_sample"] = fig_per_sample(ps, ok_models, labels, primary, labels_m[primary], dpi)
+        figs["per_sample"] = fig_per_sample(ps, ok_models, labels, primary, primary_label, dpi)
     if ok_models and not pg.empty:
         figs["genes"] = fig_gene_distribution(pg, [m for m in ok_models if m in set(pg["model"])],
                                               labels, dpi)
     figs["cost"] = fig_cost(lb, labels, dpi)
-
-    # best model by gene-wise Pearson (excluding the constant mean baseline) for gene tables/maps
-    cand = ok[ok["model"] != "mean"] if (ok["model"] != "mean").any() else ok
-    gene_model = None
-    if not cand.empty:
-        gene_model = cand.sort_values(f"{primary}_mean", ascending=direction[primary] < 0,
-                                      na_position="last")["model"].iloc[0]
-    best_genes, worst_genes, const_genes = [], [], []
-    map_genes = []
-    if gene_model is not None and not pg.empty:
-        g = pg[pg["model"] == gene_model].sort_values("pearson_mean", ascending=False)
-        nb = min(int(rep["n_best_worst"]), len(g) // 2)
-        to_row = lambda r: {"gene": r["gene"], "r": _fmt(r["pearson_mean"]),  # noqa: E731
-                            "sd": _fmt(r["pearson_sd"]), "mse": _fmt(r["mse_mean"])}
-        best_genes = [to_row(r) for _, r in g.head(nb).iterrows()]
-        worst_genes = [to_row(r) for _, r in g.tail(nb).iloc[::-1].iterrows()] if nb else []
-        const_genes = g.loc[g["n_folds_constant_truth"] > 0, "gene"].tolist()
-        # genes measured as constant in every fold have nothing to map (a one-cell test sample
-        # makes every gene constant in its own fold only)
-        n_f = g["n_folds"] if "n_folds" in g else 1
-        usable = g[g["n_folds_constant_truth"] < n_f]
-        map_genes = usable["gene"].tolist() if int(rep["n_map_genes"]) > 0 else []
-    spatial_sample, spatial_cols = None, []
-    if map_genes and ok_models:
-        spatial_sample = rep.get("map_sample")
-        if not spatial_sample:
-            cnt = ps[ps["model"] == ok_models[0]].groupby("sample")["n_cells"].max() \
-                if not ps.empty else None
-            spatial_sample = str(cnt.idxmax()) if cnt is not None and len(cnt) else None
-        show = [gene_model] + [m for m in ok_models if m not in (gene_model, "mean")][:1]
-        if spatial_sample:
-            figs["spatial"], spatial_cols, map_genes = fig_spatial(
-                run_dir / "predictions.h5", str(spatial_sample), map_genes, show, labels, dpi,
-                n_show=int(rep["n_map_genes"]))
-
-    emb = run.get("embedding") or {}
-    eattrs = (emb.get("attrs") or {}) if isinstance(emb, dict) else {}
-    weights = str(eattrs.get("weights", "")) if eattrs else ""
-    store = run.get("store") or {}
-    versions = run.get("versions") or {}
-    fails = [r for r in rows if not r["ok"]]
-    return {
-        "title": f"tabst compare · {run.get('config_name', '')}",
-        "run": run, "run_name": run_name, "primary": primary,
-        "metric_cols": [{"key": m, "label": labels_m[m], "up": direction[m] > 0,
-                         "primary": m == primary} for m in order_m],
-        "rows": rows, "fails": fails, "samples": samples, "samp_rows": samp_rows,
-        "lb_notes": list(run.get("leaderboard_notes") or []),
-        "primary_label": labels_m[primary], "figs": figs, "gene_model": labels.get(gene_model),
-        "best_genes": best_genes, "worst_genes": worst_genes, "const_genes": const_genes,
-        "spatial_sample": spatial_sample, "spatial_cols": spatial_cols, "map_genes": map_genes,
-        "random_weights": weights.lower() == "random",
-        "unsafe": bool(run.get("unsafe_random_split")),
-        "embedding_name": emb.get("name") if isinstance(emb, dict) else None,
-        "embedding_attrs": [(k, _short(v)) for k, v in eattrs.items()
-                            if k not in ("description",)],
-        "store": store, "samples_info": store.get("samples") or {},
-        "gene_selection": _gene_selection_text(run),
-        "features": run.get("features") or {}, "feature_spec": run.get("feature_spec") or {},
-        "folds": run.get("folds") or [], "versions": [(k, v) for k, v in versions.items() if v],
-        "seeds": run.get("seeds") or {}, "timing": run.get("timing") or {},
-        "provenance": _short(store.get("provenance")),
-        "command": " ".join(run.get("command") or []),
-        "fmt": _fmt,
-    }
+    return figs
 
 
 def _gene_selection_text(run: dict) -> str:
