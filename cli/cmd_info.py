@@ -1,4 +1,5 @@
-"""`tabst info STORE`: the store's tree with shapes, dtypes, chunking and every attr."""
+"""`tabst info STORE`: a one-screen summary, then the store's tree with shapes, dtypes, chunking
+and every attr (nothing cut when piped)."""
 from __future__ import annotations
 
 import json
@@ -14,7 +15,9 @@ def register(app, ingest_app):
     @user_errors
     def info(store: Path = typer.Argument(..., help="tabst store (.h5)"),
              as_json: bool = typer.Option(False, "--json", help="machine-readable output")):
-        """Show every group and dataset of a store with its description and attrs."""
+        """Summarise a store (samples, spots/cells per sample, genes, embeddings, features),
+        then show every group and dataset with its description and attrs. Piped, nothing is
+        cut: each entry stays whole on one line (grep-able)."""
         from tabst.info import render_info, store_info
 
         data = store_info(store)
