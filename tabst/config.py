@@ -25,10 +25,11 @@ Keys (everything optional in a file; missing keys take the defaults of :data:`DE
     ``leave-one-sample-out`` | ``group-kfold:K`` | ``random:K`` (needs ``unsafe_random_split``).
 ``group_column`` / ``region_column``
     ``/cells`` columns: the fold unit and the region used when averaging the cell-wise metrics.
-    ``group_column: auto`` (the default) = ``/cells/group`` when it names patients (spot
-    ingest's ``--group``: every sample in one group, >= 2 groups; Crunch's train/validation/test
-    split is not one), else sample; ``null`` = sample; a name = that column
-    (:func:`tabst.run_inputs.resolve_group_column`; the run records which and why).
+    ``group_column: auto`` (the default) = ``/cells/patient`` (spot ingest's ``--patient``), or
+    else ``/cells/group``, when it names patients (every sample in one value, >= 2 values;
+    Crunch's train/validation/test split in ``group`` is not one), else sample; ``null`` =
+    sample; a name = that column (:func:`tabst.run_inputs.resolve_group_column`; the run
+    records which and why).
     ``region_column: auto`` (default): ``/cells/region`` when the store has it, as Crunch
     stores do, else region = sample; ``null``: region = sample.
 ``expect_transform``

@@ -73,39 +73,53 @@ def resolve_region_column(f, cfg) -> str | None:
     return col or None
 
 
+AUTO_GROUP_COLUMNS = ("patient", "group")
+
+
 def resolve_group_column(f, cfg: dict, rows, samples) -> tuple[str | None, str]:
     """The ``/cells`` column the folds keep together, and why, in words.
 
-    ``group_column`` as configured; ``null`` = sample; ``auto`` = ``/cells/group`` when it names
-    patients: every sample (of ``rows``) in exactly one non-empty group, at least two groups,
-    and not only split words (Crunch and table stores keep train/validation/test there, which
-    is no fold unit). Otherwise the folds are by sample, and the reason says why."""
+    ``group_column`` as configured; ``null`` = sample; ``auto`` = the first of
+    ``/cells/patient`` (spot ingest's ``--patient``) and ``/cells/group`` that names patients:
+    every sample (of ``rows``) in exactly one non-empty value, at least two values, and not only
+    split words (Crunch and table stores keep train/validation/test in ``group``, which is no
+    fold unit). Otherwise the folds are by sample, and the reason says why."""
     col = cfg["group_column"]
     if col != "auto":
         return (col or None), (f"/cells/{col} (group_column)" if col else
                                "sample (group_column: null)")
-    if "cells/group" not in f:
-        return None, "sample (group_column auto: the store has no /cells/group)"
-    g = np.asarray(read_strings(f["cells/group"])).astype(str)[rows]
+    samples = np.asarray(samples).astype(str)
+    whys = []
+    for name in AUTO_GROUP_COLUMNS:
+        if f"cells/{name}" not in f:
+            continue
+        g = np.asarray(read_strings(f[f"cells/{name}"])).astype(str)[rows]
+        why = _not_patients(name, g, samples)
+        if why is None:
+            return name, (f"/cells/{name} (group_column auto: {len(set(g.tolist()))} groups "
+                          f"over {len(set(samples.tolist()))} samples)")
+        whys.append(why)
+    if not whys:
+        whys = [f"the store has no {' or '.join(f'/cells/{c}' for c in AUTO_GROUP_COLUMNS)}"]
+    return None, f"sample (group_column auto: {'; '.join(whys)})"
+
+
+def _not_patients(name: str, g: np.ndarray, samples: np.ndarray) -> str | None:
+    """Why ``/cells/<name>`` (values ``g`` of the evaluated rows) cannot be the fold unit, or
+    None when it can."""
     values = sorted(set(g.tolist()))
-    why = None
     if any(not v.strip() for v in values):
-        why = "some rows have an empty /cells/group"
-    elif {v.lower() for v in values} <= SPLIT_WORDS:
-        why = f"/cells/group holds split labels ({', '.join(values)}), not patients"
-    elif len(values) < 2:
-        why = f"/cells/group is {values[0]!r} for every row: nothing to fold by"
-    else:
-        first: dict = {}
-        for s_, v in zip(np.asarray(samples).astype(str).tolist(), g.tolist()):
-            if first.setdefault(s_, v) != v:
-                why = (f"/cells/group puts sample {s_!r} in both {first[s_]!r} and {v!r}, so it "
-                       "is not a patient of each section")
-                break
-    if why:
-        return None, f"sample (group_column auto: {why})"
-    return "group", (f"/cells/group (group_column auto: {len(values)} groups over "
-                     f"{len(set(np.asarray(samples).astype(str).tolist()))} samples)")
+        return f"some rows have an empty /cells/{name}"
+    if {v.lower() for v in values} <= SPLIT_WORDS:
+        return f"/cells/{name} holds split labels ({', '.join(values)}), not patients"
+    if len(values) < 2:
+        return f"/cells/{name} is {values[0]!r} for every row: nothing to fold by"
+    first: dict = {}
+    for s_, v in zip(samples.tolist(), g.tolist()):
+        if first.setdefault(s_, v) != v:
+            return (f"/cells/{name} puts sample {s_!r} in both {first[s_]!r} and {v!r}, so it "
+                    "is not a patient of each section")
+    return None
 
 
 def transform_warning(f, cfg: dict) -> str | None:

@@ -191,7 +191,7 @@ def test_cli_compare_all_models_produces_all_outputs(tmp_path, store):
     assert run["features"]["dropped_constant"] == {
         "0": [], "1": [{"name": "tissue=tissueA", "group": "tissue", "value": 1.0}], "2": []}
     assert run["group_column"] is None and run["group_column_config"] == "auto"
-    assert "no /cells/group" in run["fold_unit"] and "no /cells/group" in r.output
+    assert "no /cells/patient" in run["fold_unit"] and "no /cells/patient" in r.output
 
 
 def test_existing_out_needs_force(tmp_path, store):

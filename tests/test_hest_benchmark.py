@@ -24,7 +24,7 @@ PATIENT = {"S0": "P0", "S1": "P0", "S2": "P1", "S3": "P1", "S4": "P2", "S5": "P2
 LIST_GENES = ["GENE1", "GENE2", "GENE4", "GENE5", "GENE7", "GENE9"]
 
 
-def _spot_store(path, *, transform="log1p(count)", groups=PATIENT, seed=0):
+def _spot_store(path, *, transform="log1p(count)", groups=PATIENT, seed=0, column="patient"):
     """Six sections of 50 spots, two per patient; X = log1p(raw counts) whose rate depends on
     an embedding with columns of very different scales (so the StandardScaler matters)."""
     write_tiny_store(path, n_samples=6, cells_per_sample=50, n_genes=10, emb_dim=24,
@@ -40,9 +40,9 @@ def _spot_store(path, *, transform="log1p(count)", groups=PATIENT, seed=0):
         f["expression/X"].attrs["transform"] = transform
         for g in f["images"].values():
             g.attrs["spot_diameter_px"] = 9.0
-        if groups:
+        if groups:  # spot ingest's --patient writes /cells/patient
             s = read_strings(f["cells/sample"])
-            put(f["cells"], "group", np.asarray([groups[x] for x in s], dtype=object),
+            put(f["cells"], column, np.asarray([groups[x] for x in s], dtype=object),
                 description="patient of the section")
     return path
 
@@ -85,11 +85,11 @@ def test_hest_benchmark_equals_independent_implementation(tmp_path, n_pc):
         E = f["embeddings/test"][()].astype(np.float64)
         genes = list(read_strings(f["expression/genes"]))
         Y = f["expression/X"][()][:, [genes.index(g) for g in LIST_GENES]].astype(np.float64)
-        groups = read_strings(f["cells/group"]).astype(str)
+        groups = read_strings(f["cells/patient"]).astype(str)
     ref_gene, ref_mean = _hest_reference(E, Y, groups, n_pc)
 
     run = json.loads((out / "run.json").read_text())
-    assert run["group_column"] == "group" and "/cells/group" in run["fold_unit"]
+    assert run["group_column"] == "patient" and "/cells/patient" in run["fold_unit"]
     assert [f_["test_samples"] for f_ in run["folds"]] == [["S0", "S1"], ["S2", "S3"],
                                                            ["S4", "S5"]]
     assert run["features"]["used_groups"] == ["embedding"]
@@ -151,38 +151,45 @@ def test_gene_list_reads_hest_json_and_text(tmp_path):
 
 
 # --- group_column: auto -------------------------------------------------------------------------
-@pytest.mark.parametrize("values, expect", [
-    (PATIENT, "group"),
-    (None, "no /cells/group"),
-    ({s: "train" for s in PATIENT}, "split labels"),
-    ({s: "P0" for s in PATIENT}, "nothing to fold by"),
-    ({**PATIENT, "S5": ""}, "empty"),
+@pytest.mark.parametrize("column, values, expect", [
+    ("patient", PATIENT, "patient"),
+    ("group", PATIENT, "group"),  # a /cells/group of patients (e.g. a table store) is used too
+    (None, None, "the store has no /cells/patient or /cells/group"),
+    ("group", {s: "train" for s in PATIENT}, "/cells/group holds split labels"),
+    ("patient", {s: "P0" for s in PATIENT}, "'P0' for every row: nothing to fold by"),
+    ("patient", {**PATIENT, "S5": ""}, "empty /cells/patient"),
 ])
-def test_group_column_auto(tmp_path, values, expect):
-    store = _spot_store(tmp_path / "s.h5", groups=values)
+def test_group_column_auto(tmp_path, column, values, expect):
+    store = _spot_store(tmp_path / "s.h5", groups=values, column=column)
     with h5py.File(store, "r") as f:
         rows = np.arange(f["cells/sample"].shape[0])
         samples = read_strings(f["cells/sample"])
         col, why = resolve_group_column(f, {"group_column": "auto"}, rows, samples)
-        assert (col, why.split(" ")[0]) == (("group", "/cells/group") if expect == "group"
-                                            else (None, "sample"))
-        assert expect in (why if expect != "group" else col)
+        if expect in ("patient", "group"):
+            assert col == expect and why.startswith(f"/cells/{expect} (group_column auto: 3 "
+                                                    "groups over 6 samples)")
+        else:
+            assert col is None and why.startswith("sample (group_column auto: ") and expect in why
         # an explicit choice is kept as given; null folds by sample
         assert resolve_group_column(f, {"group_column": None}, rows, samples)[0] is None
         assert resolve_group_column(f, {"group_column": "tissue"}, rows, samples)[0] == "tissue"
 
 
-def test_group_auto_ignores_a_sample_split_across_groups(tmp_path):
+def test_group_auto_prefers_patient_and_skips_a_split_group(tmp_path):
     store = _spot_store(tmp_path / "s.h5")
-    with h5py.File(store, "a") as f:  # Crunch-like: one sample's cells in two groups
-        g = read_strings(f["cells/group"]).astype(object)
-        g[0] = "P1"
-        del f["cells/group"]
+    with h5py.File(store, "a") as f:  # Crunch-like split in /cells/group: one sample in two
+        g = np.asarray(["train"] * 300, dtype=object)
+        g[:10] = "P9"
         put(f["cells"], "group", g, description="split")
     with h5py.File(store, "r") as f:
         samples = read_strings(f["cells/sample"])
+        assert resolve_group_column(f, {"group_column": "auto"}, np.arange(300),
+                                    samples)[0] == "patient"
+    with h5py.File(store, "a") as f:  # without /cells/patient the split is no fold unit
+        del f["cells/patient"]
+    with h5py.File(store, "r") as f:
         col, why = resolve_group_column(f, {"group_column": "auto"}, np.arange(300), samples)
-    assert col is None and "sample 'S0' in both 'P1' and 'P0'" in why
+    assert col is None and "sample 'S0' in both 'P9' and 'train'" in why
 
 
 def test_every_preset_folds_by_group_auto():
@@ -204,7 +211,8 @@ def test_hest_benchmark_warns_on_other_transform(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "WARNING: the hest-benchmark preset expects /expression/X = log1p(count)" in err
     assert "log1p(count/total*10000)" in err and "--normalize log1p" in err
-    assert "folds by sample (group_column auto: the store has no /cells/group)" in err
+    assert ("folds by sample (group_column auto: the store has no /cells/patient or "
+            "/cells/group)") in err
     run = json.loads((out / "run.json").read_text())
     assert len(run["warnings"]) == 1 and run["leaderboard_notes"][0].startswith("WARNING: ")
     assert run["group_column"] is None and len(run["folds"]) == 6
