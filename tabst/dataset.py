@@ -17,7 +17,10 @@ Columns, in this order, with their group:
   standardises each embedding column first (training mean and population sd, as sklearn's
   ``StandardScaler``; a constant column gets sd 1), so the PCA is that of the correlation
   matrix: HEST-Benchmark's ``StandardScaler → PCA(256)`` (each component's sign makes its
-  largest-magnitude loading positive, as sklearn's ``svd_flip``).
+  largest-magnitude loading positive, as sklearn's ``svd_flip``). Components with no training
+  variance (≤ :data:`PCA_NULL_TOL` × the largest: more components than the training rows or
+  the embedding's non-constant columns span) are left out (``pca_null_dropped_``); their
+  directions are round-off, and a model that standardises its inputs would amplify them.
 - ``tissue=<t>`` (group ``tissue``): one-hot over the tissues seen in the training rows; an unseen
   tissue gives all zeros.
 - ``x_norm``, ``y_norm`` (group ``position``): min–max normalised to [0, 1] within each sample,
@@ -52,6 +55,9 @@ from .errors import StoreError, TabstError
 from .feature_spec import DEFAULT_FEATURE_SET, is_spot_store, resolve_position, validate_spec
 from .safeio import check_legacy_file, check_no_pickles, load_npz
 from .store import get_str_list, iter_batches, opened, read_strings
+
+#: a principal component with variance <= this x the largest is a null direction (not kept)
+PCA_NULL_TOL = 1e-10
 
 __all__ = ["DEFAULT_FEATURE_SET", "FeatureBuilder", "is_spot_store", "load_targets",
            "rows_with_expression", "validate_spec"]
@@ -116,7 +122,7 @@ class FeatureBuilder:
     pca_components_ [p, D], pca_explained_variance_ratio_ [p].  tissues_ : list[str].
     n_train_rows_ : int.  position_ : bool (``position`` resolved), position_reason_ : str.
     dropped_constant_ : list of ``{"name", "group", "value"}``, columns constant on the
-    training rows, left out of X.
+    training rows, left out of X.  pca_null_dropped_ : int, null components left out.
     """
 
     def __init__(self, spec: dict | None = None, batch_size: int = 16384):
@@ -252,6 +258,12 @@ class FeatureBuilder:
             return
         evals, evecs = np.linalg.eigh(cov)
         order = np.argsort(evals)[::-1][:n_pc]
+        # null directions (no training variance, e.g. an embedding column constant in training,
+        # or more components than the training rows span) are an arbitrary round-off basis: a
+        # model that rescales its inputs (ridge) blows their test values up; they are left out
+        null = evals[order] <= PCA_NULL_TOL * max(float(evals.max()), 1e-300)
+        self.pca_null_dropped_ = int(null.sum())
+        order = order[~null] if (~null).any() else order[:1]
         comps = evecs[:, order].T
         sign = np.sign(comps[np.arange(len(order)), np.abs(comps).argmax(axis=1)])
         sign[sign == 0] = 1
@@ -391,21 +403,23 @@ class FeatureBuilder:
     def summary(self, previous: dict | None = None, fold=None) -> dict:
         """What the fitted builder feeds the models (``run.json`` ``features``): ``n_features``
         and ``groups`` {group: columns} (of this builder), ``used_groups`` (in column order),
-        ``position`` {setting, used, reason} and ``dropped_constant`` (constant columns left
-        out). With ``previous`` (the summary of the folds before) and ``fold``: ``used_groups``
-        is the union over the folds and ``dropped_constant`` is {fold: columns}."""
+        ``position`` {setting, used, reason}, ``dropped_constant`` (constant columns left
+        out) and ``pca_null_dropped`` (null components left out). With ``previous`` (the
+        summary of the folds before) and ``fold``: ``used_groups`` is the union over the folds,
+        ``dropped_constant`` and ``pca_null_dropped`` are {fold: value}."""
         self._check_fitted()
         g = list(self.feature_groups_)
         out = {"n_features": len(g), "groups": {k: g.count(k) for k in dict.fromkeys(g)},
                "used_groups": list(dict.fromkeys(g)),
                "position": {"setting": self.spec["metadata"]["position"],
                             "used": bool(self.position_), "reason": self.position_reason_},
-               "dropped_constant": list(self.dropped_constant_)}
+               "dropped_constant": list(self.dropped_constant_),
+               "pca_null_dropped": int(getattr(self, "pca_null_dropped_", 0))}
         if fold is not None:
             prev = previous or {}
             out["used_groups"] = list(dict.fromkeys(prev.get("used_groups", []) + g))
-            out["dropped_constant"] = {**prev.get("dropped_constant", {}),
-                                       str(fold): list(self.dropped_constant_)}
+            for key in ("dropped_constant", "pca_null_dropped"):  # {fold: ...}
+                out[key] = {**prev.get(key, {}), str(fold): out[key]}
         return out
 
     def _check_fitted(self):
@@ -425,6 +439,7 @@ class FeatureBuilder:
                 "n_train_rows": self.n_train_rows_, "position": self.position_,
                 "position_reason": self.position_reason_,
                 "dropped_constant": self.dropped_constant_,
+                "pca_null_dropped": getattr(self, "pca_null_dropped_", 0),
                 "feature_names": self.feature_names_, "feature_groups": self.feature_groups_}
         arrays = {}
         if hasattr(self, "pca_mean_"):
@@ -457,6 +472,7 @@ class FeatureBuilder:
         fb.position_ = bool(meta.get("position", fb.spec["metadata"]["position"]))
         fb.position_reason_ = meta.get("position_reason", "as configured")
         fb.dropped_constant_ = list(meta.get("dropped_constant", []))
+        fb.pca_null_dropped_ = int(meta.get("pca_null_dropped", 0))
         z = load_npz(path / "features.npz")
         if "pca_mean" in z:
             fb.pca_mean_ = z["pca_mean"]

@@ -252,3 +252,34 @@ def test_position_auto_and_constant_columns_dropped(tmp_path):
     np.testing.assert_array_equal(fe2.transform(spot, np.arange(180)), Xe)
     with pytest.raises(TabstError, match="metadata.position"):
         validate_spec({"metadata": {"position": "maybe"}})
+
+
+def test_null_components_are_left_out(tmp_path):
+    """An embedding column constant on the training rows (a dead unit that fires only in the
+    test sample) spans no training variance: asking for every component must not hand the
+    models a round-off direction whose test values a standardising ridge blows up."""
+    from tabst.models import make_model
+
+    path = write_tiny_store(tmp_path / "t.h5", emb_dim=16)
+    samples = _samples(path)
+    train, test = np.flatnonzero(samples != "S2"), np.flatnonzero(samples == "S2")
+    with h5py.File(path, "a") as f:
+        E = f["embeddings/test"][()]
+        E[train, 3] = 0.0
+        E[test, 3] = np.abs(E[test, 3]) + 1.0
+        f["embeddings/test"][...] = E
+    for standardize in (False, True):
+        spec = {"embedding": {"pca": 16, "standardize": standardize},
+                "metadata": {"tissue": False, "position": False}, "features": []}
+        fb = FeatureBuilder(spec).fit(path, train)
+        assert fb.pca_null_dropped_ == 1 and len(fb.feature_names_) == 15
+        assert fb.summary()["pca_null_dropped"] == 1
+        Xtr, Xte = fb.transform(path, train), fb.transform(path, test)
+        Ytr, _ = load_targets(path, train)
+        Yte, _ = load_targets(path, test)
+        g = samples[train]
+        err = {m: float(((make_model(m).fit(Xtr, Ytr, g).predict(Xte) - Yte) ** 2).mean())
+               for m in ("mean", "ridge")}
+        assert err["ridge"] < err["mean"], err  # no explosion (it was ~1e20 with the null PC)
+        again = FeatureBuilder.load(fb.save(tmp_path / f"fb{standardize}"))
+        assert again.pca_null_dropped_ == 1
