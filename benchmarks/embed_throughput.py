@@ -34,8 +34,24 @@ IMAGE_SIZE = 2048
 N_SAMPLES = 4
 
 
-def make_store(path: Path, n_cells: int, seed: int = 0) -> Path:
-    """A store with ``n_cells`` cells over 4 samples of 2048 px H&E-like PNG images."""
+def write_mask(path: Path, x, y, seed: int) -> None:
+    """A tiled uint32 TIFF label image: one ellipse nucleus (radii 3-9 px) per cell, like a
+    segmentation of a Crunch 1 / Xenium H&E (later nuclei overwrite earlier ones)."""
+    import tifffile
+    from skimage.draw import ellipse
+
+    rng = np.random.default_rng(seed)
+    m = np.zeros((IMAGE_SIZE, IMAGE_SIZE), np.uint32)
+    for lab, (cx, cy) in enumerate(zip(x, y), start=1):
+        rr, cc = ellipse(cy, cx, rng.uniform(4, 9), rng.uniform(3, 7),
+                         rotation=rng.uniform(0, np.pi), shape=m.shape)
+        m[rr, cc] = lab
+    tifffile.imwrite(path, m, tile=(256, 256), compression="zlib")
+
+
+def make_store(path: Path, n_cells: int, seed: int = 0, mask: bool = False) -> Path:
+    """A store with ``n_cells`` cells over 4 samples of 2048 px H&E-like PNG images (and, with
+    ``mask``, a nucleus label TIFF per sample)."""
     from PIL import Image
 
     from tabst.store import build_provenance, create_store, put, set_attr
@@ -57,12 +73,19 @@ def make_store(path: Path, n_cells: int, seed: int = 0) -> Path:
             description="cell id")
         put(c, "sample", samples.astype(object), description="sample")
         put(c, "tissue", np.full(n_cells, "bench", dtype=object), description="tissue")
-        put(c, "x", rng.uniform(0, IMAGE_SIZE, n_cells), description="x", unit="px")
-        put(c, "y", rng.uniform(0, IMAGE_SIZE, n_cells), description="y", unit="px")
+        x, y = rng.uniform(0, IMAGE_SIZE, n_cells), rng.uniform(0, IMAGE_SIZE, n_cells)
+        put(c, "x", x, description="x", unit="px")
+        put(c, "y", y, description="y", unit="px")
         g = f.create_group("images")
         for s in range(N_SAMPLES):
+            mask_path = ""
+            if mask:
+                mask_path = f"{path.stem}_S{s}_mask.tif"
+                sel = samples == f"S{s}"
+                write_mask(base / mask_path, x[sel], y[sel], seed + s)
             gs = g.create_group(f"S{s}")
-            for k, v in dict(kind="file", path=f"S{s}.png", mask_path="", height=IMAGE_SIZE,
+            for k, v in dict(kind="file", path=f"S{s}.png", mask_path=mask_path,
+                             height=IMAGE_SIZE,
                              width=IMAGE_SIZE, channels=3, pixel_size_um=0.5,
                              spot_diameter_px=float("nan"), description="benchmark").items():
                 set_attr(gs, k, v)

@@ -182,6 +182,9 @@ def to_uint8_rgb(a: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(np.nan_to_num(f)), 0, 255).astype(np.uint8)
 
 
+CHUNK_CACHE_BYTES = 128 << 20  # decoded TIFF tiles kept per open plane (image or mask)
+
+
 class _Plane:
     """An image addressed as ``[y, x(, c)]``: a decoded numpy array or a zarr array view.
 
@@ -198,9 +201,33 @@ class _Plane:
         self.width = int(arr.shape[self.axes.index("X")])
         chan = [a for a in self.axes if a in "SC"]
         self.chan_axis = chan[-1] if chan else None
+        self._cache = None
+        if not isinstance(arr, np.ndarray) and hasattr(arr, "chunks"):  # zarr: cache chunks
+            from .chunk_cache import ChunkCache
+
+            self._cache = ChunkCache(arr, self.axes.index("Y"), self.axes.index("X"),
+                                     CHUNK_CACHE_BYTES)
+
+    def _cached(self, y0: int, x0: int, h: int, w: int, dt) -> np.ndarray:
+        """The window as ``[h, w, c]`` assembled from cached chunks (zero outside)."""
+        nc = 1 if self.chan_axis is None else int(self.arr.shape[self.axes.index(self.chan_axis)])
+        out = np.zeros((h, w, nc), dtype=dt)
+        index = tuple(slice(None) if ax in ("Y", "X", self.chan_axis) else 0 for ax in self.axes)
+        kept = [ax for ax in self.axes if ax in ("Y", "X", self.chan_axis)]
+        order = [kept.index("Y"), kept.index("X")] + ([kept.index(self.chan_axis)]
+                                                      if self.chan_axis else [])
+
+        def put(sl, view):
+            v = np.transpose(view[index], order)
+            out[sl] = v if v.ndim == 3 else v[:, :, None]
+
+        self._cache.read(int(y0), int(x0), int(h), int(w), out, put)
+        return out
 
     def read(self, y0: int, x0: int, h: int, w: int, dtype=None) -> np.ndarray:
         """Window ``[y0:y0+h, x0:x0+w]`` as ``[h, w, c]``, zero outside the image."""
+        if self._cache is not None:
+            return self._cached(y0, x0, h, w, dtype or np.dtype(self.arr.dtype))
         ya, yb = max(0, y0), min(self.height, y0 + h)
         xa, xb = max(0, x0), min(self.width, x0 + w)
         index, kept = [], []

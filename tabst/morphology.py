@@ -140,7 +140,7 @@ def regions_features(stack: np.ndarray) -> np.ndarray:
     from scipy import ndimage as ndi
     from skimage.morphology import convex_hull_image
 
-    R = np.asarray(stack, dtype=bool)
+    R = _packed(np.asarray(stack, dtype=bool))
     b, h, w = R.shape
     out = np.full((b, len(MASK_FEATURES)), np.nan, dtype=np.float32)
     if b == 0:
@@ -165,13 +165,29 @@ def regions_features(stack: np.ndarray) -> np.ndarray:
     conf = ndi.convolve(border, _PERIMETER_KERNEL, mode="constant", cval=0)
     perimeter = _PERIMETER_WEIGHTS[conf].sum(axis=(1, 2))
     convex = np.ones(b)
-    for j in np.flatnonzero(ok):
-        rows, cols = np.flatnonzero(prof_r[j]), np.flatnonzero(prof_c[j])
-        box = R[j, rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
-        convex[j] = np.count_nonzero(convex_hull_image(box))
+    for j in np.flatnonzero(ok):  # the one per-region step (Qhull)
+        convex[j] = np.count_nonzero(convex_hull_image(R[j]))
     feats = np.column_stack([area, perimeter, ecc, area / convex, 4 * np.sqrt(l1),
                              4 * np.sqrt(l2)])
     out[ok] = feats[ok]
+    return out
+
+
+def _packed(R: np.ndarray) -> np.ndarray:
+    """The regions moved to the top-left of the smallest common canvas (one empty pixel
+    around each): every feature is translation invariant, and the stack shrinks from the
+    read windows (64+ px) to the nuclei's size."""
+    b = R.shape[0]
+    rows, cols = R.any(axis=2), R.any(axis=1)
+    has = rows.any(axis=1)
+    if b == 0 or not has.any():
+        return R[:, :1, :1] if b else R
+    r0, r1 = rows.argmax(axis=1), R.shape[1] - rows[:, ::-1].argmax(axis=1)
+    c0, c1 = cols.argmax(axis=1), R.shape[2] - cols[:, ::-1].argmax(axis=1)
+    hh, ww = int((r1 - r0)[has].max()) + 2, int((c1 - c0)[has].max()) + 2
+    out = np.zeros((b, hh, ww), dtype=bool)
+    for j in np.flatnonzero(has):
+        out[j, 1:1 + r1[j] - r0[j], 1:1 + c1[j] - c0[j]] = R[j, r0[j]:r1[j], c0[j]:c1[j]]
     return out
 
 

@@ -168,3 +168,32 @@ def test_patch_size_parsing():
     with pytest.raises(TabstError, match="spot diameter"):
         sample_patch_sizes("spot", {"A": {"spot_diameter_px": float("nan")}})
     assert sample_patch_sizes(16, {"A": {}}) == {"A": 16}
+
+
+def test_tiff_tiles_are_decoded_once_for_neighbouring_windows(tmp_path, png_reader):
+    """The chunk cache: 40 overlapping windows inside one 16 px tile row read 3 tiles once
+    each, and give the same pixels as the decoded PNG."""
+    p = tmp_path / "img.tif"
+    tifffile.imwrite(p, coord_image(), tile=(16, 16), photometric="rgb")
+    r = open_sample_image(tmp_path / "store.h5", attrs_for(p), "S")
+    cache = r._img._cache if r._img is not None else None
+    if cache is None:
+        r.read_region(0, 0, 1, 1)
+        cache = r._img._cache
+    reads = []
+    arr = cache.arr
+
+    class Counting:
+        shape, chunks, dtype = arr.shape, arr.chunks, arr.dtype
+
+        def __getitem__(self, key):
+            reads.append(key)
+            return arr[key]
+    cache.arr = Counting()
+    cache._cache.clear()
+    for i in range(40):
+        a, _ = crop_patch(r, 4.5 + i * 0.7, 8.0, 6)
+        b, _ = crop_patch(png_reader, 4.5 + i * 0.7, 8.0, 6)
+        assert np.array_equal(a, b)
+    assert len(reads) == len(set(map(repr, reads))) == 3
+    r.close()

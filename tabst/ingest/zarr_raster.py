@@ -9,11 +9,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import warnings
-from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
 
+from ..chunk_cache import ChunkCache
 from ..errors import InputError
 
 IMAGE_ELEMENT = "HE_original"
@@ -123,58 +123,6 @@ def mask_plane(axes, shape, element: str, file) -> int | None:
                      "(c, y, x) with one channel.", file=file)
 
 
-class _ChunkCache:
-    """Read rectangular (y, x) regions of a zarr array through an LRU cache of whole chunks.
-
-    Patches of neighbouring cells share chunks: each chunk is decoded once while it stays in
-    the cache (``max_bytes``), instead of once per patch.
-    """
-
-    def __init__(self, arr, y_axis: int, x_axis: int, max_bytes: int):
-        self.arr, self.ya, self.xa = arr, y_axis, x_axis
-        self.shape = tuple(int(s) for s in arr.shape)
-        ch = arr.chunks
-        self.cy, self.cx = int(ch[y_axis]), int(ch[x_axis])
-        self.max_bytes = max_bytes
-        self._cache: OrderedDict = OrderedDict()
-        self._bytes = 0
-
-    def _chunk(self, iy: int, ix: int) -> np.ndarray:
-        key = (iy, ix)
-        hit = self._cache.get(key)
-        if hit is not None:
-            self._cache.move_to_end(key)
-            return hit
-        sl = [slice(None)] * len(self.shape)
-        sl[self.ya] = slice(iy * self.cy, min(self.shape[self.ya], (iy + 1) * self.cy))
-        sl[self.xa] = slice(ix * self.cx, min(self.shape[self.xa], (ix + 1) * self.cx))
-        data = np.asarray(self.arr[tuple(sl)])
-        self._cache[key] = data
-        self._bytes += data.nbytes
-        while self._bytes > self.max_bytes and len(self._cache) > 1:
-            _, old = self._cache.popitem(last=False)
-            self._bytes -= old.nbytes
-        return data
-
-    def read(self, y0: int, x0: int, h: int, w: int, out: np.ndarray, put) -> None:
-        """Fill ``out`` ([h, w, ...], zero outside) via ``put(out_slice, chunk_view)``."""
-        H, W = self.shape[self.ya], self.shape[self.xa]
-        ya, yb = max(0, y0), min(H, y0 + h)
-        xa, xb = max(0, x0), min(W, x0 + w)
-        if ya >= yb or xa >= xb:
-            return
-        for iy in range(ya // self.cy, (yb - 1) // self.cy + 1):
-            for ix in range(xa // self.cx, (xb - 1) // self.cx + 1):
-                c = self._chunk(iy, ix)
-                cy0, cx0 = iy * self.cy, ix * self.cx
-                sy0, sy1 = max(ya, cy0), min(yb, cy0 + self.cy)
-                sx0, sx1 = max(xa, cx0), min(xb, cx0 + self.cx)
-                sl = [slice(None)] * c.ndim
-                sl[self.ya] = slice(sy0 - cy0, sy1 - cy0)
-                sl[self.xa] = slice(sx0 - cx0, sx1 - cx0)
-                put((slice(sy0 - y0, sy1 - y0), slice(sx0 - x0, sx1 - x0)), c[tuple(sl)])
-
-
 class ZarrSampleImage:
     """Reader (``kind="spatialdata"``) of one sample's H&E image and nucleus mask inside its
     SpatialData zarr, following the region-reader protocol of :mod:`tabst.images`.
@@ -238,7 +186,7 @@ class ZarrSampleImage:
             raise InputError(f"image '{element}' has axes {axes}, expected (c, y, x).",
                              file=self.path)
         self._c_axis = axes.index("c")
-        self._img = _ChunkCache(arr, axes.index("y"), axes.index("x"), int(cache_mb * 2**20))
+        self._img = ChunkCache(arr, axes.index("y"), axes.index("x"), int(cache_mb * 2**20))
         self.height = self._img.shape[axes.index("y")]
         self.width = self._img.shape[axes.index("x")]
         self.channels = int(arr.shape[self._c_axis])
@@ -247,7 +195,7 @@ class ZarrSampleImage:
         if mask_element:
             marr, maxes, self.mask_kind = open_zarr_raster(mask_path, RASTER_KINDS, mask_element)
             self._mask_c = mask_plane(maxes, marr.shape, mask_element, mask_path)
-            self._mask = _ChunkCache(marr, maxes.index("y"), maxes.index("x"),
+            self._mask = ChunkCache(marr, maxes.index("y"), maxes.index("x"),
                                      int(cache_mb * 2**20))
             self._mask_t = maxes.index("y") > maxes.index("x")
             my, mx = self._mask.shape[maxes.index("y")], self._mask.shape[maxes.index("x")]
