@@ -34,6 +34,14 @@ from tabst.explain.grouping import (
     ordered_groups,
     readable_importance,
 )
+from tabst.explain.trust import (
+    DOMINANCE_SHARE,
+    IG_RESIDUAL_LIMIT,
+    dominant_fold,
+    fold_shares,
+    residual_notes,
+    residual_too_large,
+)
 from tabst.models import REGISTRY, make_model
 
 FAST = {
@@ -93,7 +101,7 @@ def explained(tiny_run):
 @pytest.mark.parametrize("name", sorted(REGISTRY))
 def test_additivity_every_model(name, codec, xy):
     X, Y, groups, names, fgroups = xy
-    m = make_model(name, dict(FAST[name], codec=codec, codec_k=3))
+    m = make_model(name, dict(FAST.get(name, {}), codec=codec, codec_k=3))
     m.fit(X, Y, groups, feature_names=names, feature_groups=fgroups)
     gidx = [0, 2, 4]
     with warnings.catch_warnings():
@@ -245,6 +253,74 @@ def test_attributions_h5_roundtrip(tmp_path):
     assert not list(tmp_path.glob(".*tmp*"))
 
 
+def _folds_ma(scale_per_fold, cells_per_fold=4):
+    """Attributions of one model over folds 0..k-1, fold j's values scaled by scale_per_fold[j]."""
+    parts = [_ma("m", ["e1", "x_norm"], ["embedding", "position"], n=cells_per_fold, seed=j,
+                 fold=j) for j in range(len(scale_per_fold))]
+    for p, sc in zip(parts, scale_per_fold):
+        p.values = p.values * np.float32(sc)
+    return concat(parts)
+
+
+def test_fold_shares_and_dominance_flag():
+    r = _folds_ma([1.0, 1.0, 1.0, 1.0])
+    folds, shares, cells = fold_shares(r.values, r.fold)
+    assert folds == [0, 1, 2, 3] and cells.tolist() == [4, 4, 4, 4]
+    np.testing.assert_allclose(shares.sum(0), 1.0)
+    mass = np.abs(r.values.astype(np.float64)).sum(1)
+    np.testing.assert_allclose(shares[2], mass[r.fold == 2].sum(0) / mass.sum(0))
+    assert dominant_fold(shares) == [None, None]            # no fold above 50 %
+    r = _folds_ma([1.0, 1.0, 40.0])                         # fold 2's model attributes 40x more
+    _, shares, _ = fold_shares(r.values, r.fold)
+    assert (shares[2] > DOMINANCE_SHARE).all()
+    assert dominant_fold(shares) == [2, 2]
+    r = _folds_ma([1.0, 40.0])                              # 2 folds: one always holds >= 50 %
+    _, shares, _ = fold_shares(r.values, r.fold)
+    assert (shares[1] > DOMINANCE_SHARE).all() and dominant_fold(shares) == [None, None]
+    r = _folds_ma([0.0, 0.0, 0.0])                          # a constant model: no mass, no flag
+    _, shares, _ = fold_shares(r.values, r.fold)
+    assert np.isnan(shares).all() and dominant_fold(shares) == [None, None]
+
+
+def test_fold_dominance_in_h5_and_report(tmp_path):
+    from tabst.explain.report import ReportInputs, render_report
+
+    r = _folds_ma([1.0, 1.0, 40.0])
+    r.sample = np.array([f"S{k}" for k in r.fold], dtype=object)
+    p = write_attributions(tmp_path / "a.h5", [r], attrs={"unit": "spot"})
+    with h5py.File(p, "r") as f:
+        assert f["m/dominant_fold"][()].tolist() == [2, 2]
+        assert f["m/fold_cells"][()].tolist() == [4, 4, 4]
+        assert "more than 50%" in f.attrs["fold_dominance_rule"]
+    html, _ = render_report({"m": r}, ["A", "B"], ReportInputs(best_model="m", unit="spot"))
+    assert "from fold 2 (held-out S2), which holds 33% of the explained spots" in html
+    assert html.count("⚠</b>") == 2                        # the dominant cell of each gene table
+
+
+def test_ig_residual_rule_hides_model_from_headline_charts():
+    from tabst.explain.report import ReportInputs, _context
+
+    assert not residual_too_large(None) and not residual_too_large(float("nan"))
+    assert not residual_too_large(IG_RESIDUAL_LIMIT) and residual_too_large(IG_RESIDUAL_LIMIT * 2)
+    fe, gr = ["e1", "x_norm"], ["embedding", "position"]
+    res = {"exact": _ma("exact", fe, gr), "ig_ok": _ma("ig_ok", fe, gr, seed=1),
+           "ig_bad": _ma("ig_bad", fe, gr, seed=2)}
+    res["ig_ok"].ig_residual, res["ig_bad"].ig_residual = 0.01, 950.0
+    for r in res.values():
+        r.fold = np.array([0, 1, 2])
+    hidden = residual_notes(res)
+    assert list(hidden) == ["ig_bad"] and "950" in hidden["ig_bad"]
+    assert "residual before the correction: 0.01" in res["ig_ok"].method
+    assert "residual" not in res["exact"].method             # exact methods: no residual
+    ctx = _context(res, ["A", "B"], ReportInputs(best_model="exact", hidden=hidden), 3, "x")
+    titles = [h["title"] for h in ctx["cross"]["heatmaps"]]
+    assert titles == ["Share of |attribution| per group: exact",
+                      "Share of |attribution| per group: ig_ok"]
+    assert hidden["ig_bad"] in ctx["warnings"]
+    assert [m["hidden"] for m in ctx["models"]] == [False, False, True]
+    assert all(sec["folds"]["models"] == ["exact", "ig_ok"] for sec in ctx["genes"])
+
+
 # ------------------------------------------------------------------------------ end to end
 def test_run_explain_outputs(tiny_run, explained):
     run = tiny_run
@@ -271,10 +347,21 @@ def test_run_explain_outputs(tiny_run, explained):
             groups = set(g["groups"].asstr()[()])
             assert {"embedding", "morphology", "stain", "position"} <= groups
         assert "mask_aggregate" in f["tabnet"] and "mask_steps" in f["tabnet"]
-        # each gene's panels use the explained model with the best gene-wise Pearson on it
+        # a model whose integrated-gradients correction is large is kept out of the charts
+        hidden = json.loads(f.attrs["hidden_from_charts"])
+        assert set(hidden) == {m for m in f if f[m].attrs["ig_max_residual"] > IG_RESIDUAL_LIMIT}
+        assert np.isfinite(f["tabnet"].attrs["ig_max_residual"])
+        assert all(np.isnan(f[m].attrs["ig_max_residual"]) for m in ("ridge", "tree", "xgboost"))
+        # per-fold shares of every model: 3 folds, columns sum to 1
+        for m in f:
+            assert f[m]["fold_share"].shape == (3, 2)
+            np.testing.assert_allclose(f[m]["fold_share"][()].sum(0), 1.0, atol=1e-9)
+        # a cell store: cells, and the patch size the embedding recorded
+        assert f.attrs["unit"] == "cell" and f.attrs["patch_size"] == "--patch-size 32"
+        # each gene's panels use the shown model with the best gene-wise Pearson on it
         genes = [str(g) for g in f.attrs["genes"]]
         per_gene = [str(m) for m in f.attrs["best_model_per_gene"]]
-        explained_models = list(f.keys())
+        explained_models = [m for m in f.keys() if m not in hidden]
     pg = pd.read_csv(run / "per_gene.csv")
     for gene, model in zip(genes, per_gene):
         sc = pg[(pg.gene == gene) & pg.model.isin(explained_models)]
@@ -284,6 +371,11 @@ def test_run_explain_outputs(tiny_run, explained):
     # the reloaded fold models reproduced predictions.h5 (else a warning is shown)
     assert "differ from predictions.h5" not in html
     assert "RANDOM encoder weights" in html  # the tiny store's embedding says weights=random
+    assert "held-out cells drawn at random" in html and "spots" not in html
+    assert "resolved per sample: S0 32 px, S1 32 px, S2 32 px" in html
+    assert "Share of the |attribution| mass per fold" in html
+    for note in hidden.values():
+        assert note in html
 
 
 def test_report_offline_and_under_budget(explained):

@@ -28,6 +28,12 @@ from several fold models, one per held-out sample); :func:`write_attributions` /
         inputs      float32 [n, F]  the model's input feature values (NaN where missing)
         mask_aggregate  float32 [n, F]      TabNet only: aggregate attention mask
         mask_steps      float32 [S, n, F]   TabNet only: mask of each decision step
+        fold_ids    int [k]         the folds of the explained cells
+        fold_cells  int [k]         explained cells per fold
+        fold_share  float64 [k, g]  each fold's share of the gene's |attribution| mass (columns
+                                    sum to 1; NaN when the mass is 0), see :mod:`.trust`
+        dominant_fold int [g]       the fold that dominates the gene (rule in the root attr
+                                    fold_dominance_rule), -1 where none does
 """
 from __future__ import annotations
 
@@ -40,6 +46,7 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import TabstError
+from .trust import RESIDUAL_RULE, dominance_rule, dominant_fold, fold_shares
 
 #: Additivity tolerance: |base + Σ values − prediction| ≤ ADDITIVITY_ATOL + ADDITIVITY_RTOL·|pred|.
 ADDITIVITY_ATOL = 1e-3
@@ -78,6 +85,7 @@ class ModelAttributions:
     mask_aggregate: np.ndarray | None = None   # [n, F]
     mask_steps: np.ndarray | None = None       # [S, n, F]
     inputs: np.ndarray | None = None           # [n, F] feature values
+    ig_residual: float = float("nan")          # integrated gradients only, see .trust
     extra: dict = field(default_factory=dict)
 
     @property
@@ -269,7 +277,9 @@ def concat(parts: Sequence[ModelAttributions]) -> ModelAttributions:
         y=cat("y"), method="; ".join(methods), source=p0.source,
         max_additivity_error=max(p.max_additivity_error for p in parts),
         mask_aggregate=cat("mask_aggregate"), mask_steps=cat("mask_steps", axis=1),
-        inputs=cat("inputs"), tissue=cat("tissue"))
+        inputs=cat("inputs"), tissue=cat("tissue"),
+        ig_residual=max((p.ig_residual for p in parts if np.isfinite(p.ig_residual)),
+                        default=float("nan")))
 
 
 # --- attributions.h5 ----------------------------------------------------------------------------
@@ -297,6 +307,13 @@ _DESCRIPTIONS = {
                    "to 1)"),
     "inputs": "model input feature values of each explained cell (NaN where missing; models "
               "impute training medians)",
+    "fold_ids": "cross-validation folds of the explained cells (rows of fold_share)",
+    "fold_cells": "explained cells of each fold",
+    "fold_share": "each fold's share of the gene's |attribution| mass (sum over its cells and "
+                  "the features of |values|) [fold, gene]; columns sum to 1, NaN when the mass "
+                  "is 0",
+    "dominant_fold": "fold that dominates the gene's attribution (root attr "
+                     "fold_dominance_rule), -1 where none does",
 }
 
 
@@ -313,6 +330,9 @@ def write_attributions(path, results: Sequence[ModelAttributions], *, attrs: dic
             f.attrs["description"] = ("tabst explain: per-model additive feature attributions of "
                                       "held-out cells; prediction = base + values.sum(axis=1)")
             f.attrs["created_utc"] = now_utc()
+            f.attrs["fold_dominance_rule"] = dominance_rule(str((attrs or {}).get("unit",
+                                                                                  "cell")))
+            f.attrs["ig_residual_rule"] = RESIDUAL_RULE
             for k, v in (attrs or {}).items():
                 set_attr(f, k, v)
             for r in results:
@@ -321,6 +341,7 @@ def write_attributions(path, results: Sequence[ModelAttributions], *, attrs: dic
                 g.attrs["method"] = r.method
                 g.attrs["source"] = r.source
                 g.attrs["max_additivity_error"] = float(r.max_additivity_error)
+                g.attrs["ig_max_residual"] = float(r.ig_residual)
                 fields = {
                     "cell_id": np.asarray(r.cell_id, dtype=object),
                     "sample": np.asarray(r.sample, dtype=object),
@@ -339,11 +360,22 @@ def write_attributions(path, results: Sequence[ModelAttributions], *, attrs: dic
                                                else np.float32)
                 if r.tissue is not None:
                     fields["tissue"] = np.asarray(r.tissue, dtype=object)
+                fields.update(_fold_fields(r))
                 for k, v in fields.items():
                     unit = "px" if k in ("x", "y") else None
                     put(g, k, v, description=_DESCRIPTIONS[k], unit=unit,
                         compression="gzip" if k in ("values", "mask_steps", "inputs") else None)
     return path
+
+
+def _fold_fields(r: ModelAttributions) -> dict:
+    """The per-fold share datasets of one model (see :func:`.trust.fold_shares`)."""
+    folds, shares, cells = fold_shares(r.values, r.fold)
+    dom = dominant_fold(shares)
+    return {"fold_ids": np.asarray(folds, dtype=np.int32), "fold_cells": cells,
+            "fold_share": shares,
+            "dominant_fold": np.asarray([-1 if d is None else folds[d] for d in dom],
+                                        dtype=np.int32)}
 
 
 def read_attributions(path, models: Sequence[str] | None = None) -> dict:
@@ -376,5 +408,6 @@ def read_attributions(path, models: Sequence[str] | None = None) -> dict:
                 max_additivity_error=float(g.attrs.get("max_additivity_error", 0.0)),
                 mask_aggregate=opt("mask_aggregate"), mask_steps=opt("mask_steps"),
                 inputs=opt("inputs"),
+                ig_residual=float(g.attrs.get("ig_max_residual", float("nan"))),
                 tissue=read_strings(g["tissue"]) if "tissue" in g else None)
     return out

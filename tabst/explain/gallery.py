@@ -13,11 +13,13 @@ from typing import Sequence
 import numpy as np
 
 
-def read_patches(store_path, rows: Sequence[int], samples: Sequence[str], x, y, size: int = 64,
-                 max_px: int = 72) -> list:
+def read_patches(store_path, rows: Sequence[int], samples: Sequence[str], x, y,
+                 size: int | dict = 64, max_px: int = 72) -> list:
     """Patches (uint8 [s, s, 3] with s ≤ ``max_px``, or None) of store rows ``rows``.
 
     ``samples``, ``x``, ``y`` are the cells' sample and centroid (aligned with ``rows``).
+    ``size``: the patch side in px, or ``{sample: px}`` (spot runs: each sample's resolved spot
+    size, as the embedding cut them).
     """
     from ..images import open_sample_image, sample_attrs
     from ..patches import crop_patch, fit_patch, resize_patch
@@ -32,6 +34,7 @@ def read_patches(store_path, rows: Sequence[int], samples: Sequence[str], x, y, 
         store_file = f.filename
         for s in list(dict.fromkeys(samples.tolist())):
             idx = [i for i in range(len(rows)) if samples[i] == s]
+            side = int(size[str(s)] if isinstance(size, dict) else size)
             try:
                 attrs = sample_attrs(f, s)
                 reader = open_sample_image(store_file, attrs, s)
@@ -49,9 +52,9 @@ def read_patches(store_path, rows: Sequence[int], samples: Sequence[str], x, y, 
                     try:
                         if getattr(reader, "patch_based", False):
                             raw = reader.read_patch(rows[i], {k: v[jj] for k, v in fields.items()})
-                            p, _ = fit_patch(raw, size)
+                            p, _ = fit_patch(raw, side)
                         else:
-                            p, _ = crop_patch(reader, float(x[i]), float(y[i]), size)
+                            p, _ = crop_patch(reader, float(x[i]), float(y[i]), side)
                         p = np.asarray(p, dtype=np.uint8)
                         if p.shape[0] > max_px:
                             p = resize_patch(p, max_px)

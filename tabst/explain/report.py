@@ -26,6 +26,7 @@ from .grouping import (
     ordered_groups,
     readable_importance,
 )
+from .trust import dominance_rule, fold_table, samples_per_fold
 
 MAX_BYTES = 5 * 1024 * 1024
 TEMPLATE = "explain.html"
@@ -49,6 +50,9 @@ class ReportInputs:
     rules : ``{gene: (rules_text, note)}`` of the decision tree, optional.
     patches : ``{cell_id: uint8 [h, w, 3] or None}`` for the gallery.
     gallery_k : highest/lowest cells per gene in the gallery.
+    unit : what a row is, ``"cell"`` or ``"spot"`` (the report's wording).
+    patch_text : the patch-size choice and the resolved px per sample (one line).
+    hidden : ``{model: why}`` of models kept out of the headline charts (:mod:`.trust`).
     """
 
     run_name: str = ""
@@ -64,6 +68,14 @@ class ReportInputs:
     patches: dict = field(default_factory=dict)
     gallery_k: int = 6
     top_features: int = 8
+    unit: str = "cell"
+    patch_text: str = ""
+    hidden: dict = field(default_factory=dict)
+
+    def shown(self, results: dict) -> dict:
+        """The models of ``results`` the headline charts show (all when every one is hidden)."""
+        keep = {m: r for m, r in results.items() if m not in self.hidden}
+        return keep or dict(results)
 
 
 def _env():
@@ -80,7 +92,7 @@ def top_readable(res: ModelAttributions, gene: str, top: int | None = None) -> l
 
 
 def correlated_features(res: ModelAttributions, f0: int, threshold: float = 0.7,
-                        top: int = 4) -> str:
+                        top: int = 4, unit: str = "cell") -> str:
     """A note naming the readable features whose values correlate with feature ``f0`` over the
     explained cells (|Spearman ρ| ≥ ``threshold``): attributions can be shared among them."""
     if res.inputs is None or res.n < 5:
@@ -103,7 +115,7 @@ def correlated_features(res: ModelAttributions, f0: int, threshold: float = 0.7,
         return ""
     found.sort(reverse=True)
     lst = ", ".join(f"{n} (ρ = {r:+.2f})" for _, n, r in found[:top])
-    return (f"{res.features[f0]} is correlated with {lst} over these cells: a model can "
+    return (f"{res.features[f0]} is correlated with {lst} over these {unit}s: a model can "
             "attribute a shared signal to any of them, so read them together.")
 
 
@@ -121,7 +133,7 @@ def _gene_section(gene: str, results: dict, inp: ReportInputs, level: int) -> di
     gi = best.gene_index(gene)
     groups = ordered_groups(best.groups)
     by_model = {}
-    for name, r in results.items():
+    for name, r in inp.shown(results).items():
         if gene not in r.genes:
             continue
         gs, imp = group_importance(r.values[:, :, [r.gene_index(gene)]], r.groups, groups)
@@ -130,7 +142,9 @@ def _gene_section(gene: str, results: dict, inp: ReportInputs, level: int) -> di
     sec = {"name": gene, "model": model, "group_bars": plots.group_bars(groups, by_model,
                                                        "share of mean |attribution| per group"),
            "beeswarm": None, "dependence": None, "spatial": None, "top_feature": None,
-           "readable": [], "gallery": [], "rules": None, "rules_note": "", "correlated": ""}
+           "readable": [], "gallery": [], "rules": None, "rules_note": "", "correlated": "",
+           "folds": fold_table(inp.shown(results), gene, samples_per_fold(best.fold, best.sample),
+                               inp.unit)}
     readable = top_readable(best, gene, inp.top_features)
     sec["readable"] = readable
     tops = []
@@ -153,7 +167,7 @@ def _gene_section(gene: str, results: dict, inp: ReportInputs, level: int) -> di
             sec["spatial"] = plots.spatial_maps(best.x, best.y, best.values[:, f0, gi], best.sample,
                                                 f"attribution of {top['feature']} to {gene}")
         tops = [f"top named feature: {top['feature']} ({top['group']})"]
-        sec["correlated"] = correlated_features(best, f0)
+        sec["correlated"] = correlated_features(best, f0, unit=inp.unit)
     # share of the readable groups in the best model's attribution
     _, imp = group_importance(best.values[:, :, [gi]], best.groups, groups)
     share = group_shares(imp)[:, 0]
@@ -184,7 +198,7 @@ def _gene_section(gene: str, results: dict, inp: ReportInputs, level: int) -> di
     return sec
 
 
-def _tabnet_section(results: dict, genes: Sequence[str]) -> dict | None:
+def _tabnet_section(results: dict, genes: Sequence[str], inp: ReportInputs) -> dict | None:
     tab = next((r for r in results.values() if r.mask_aggregate is not None), None)
     if tab is None:
         return None
@@ -226,12 +240,14 @@ def _tabnet_section(results: dict, genes: Sequence[str]) -> dict | None:
         panels.append({"title": f"Aggregate mask per {what}",
                        "uri": plots.heatmap(mat, [str(u) for u in uniq], groups,
                                             cbar="mean mask share")})
-    note = (f"Model {tab.model}. TabNet's attention masks select features per cell and decision "
-            "step, shared by all genes (one mask per cell); the attribution on the right is per "
+    u = inp.unit
+    note = (f"Model {tab.model}. TabNet's attention masks select features per {u} and decision "
+            f"step, shared by all genes (one mask per {u}); the attribution on the right is per "
             "gene (" + (tab.method or "model explain") + "), here averaged over the explained "
             "genes after normalising each gene to shares. Masks say what the network looked at, "
             "attributions how much it moved each gene's prediction; where they disagree, trust "
-            "the attribution for a gene-level statement.")
+            "the attribution for a gene-level statement."
+            + (f" {inp.hidden[tab.model]}" if tab.model in inp.hidden else ""))
     return {"note": note, "panels": panels}
 
 
@@ -269,15 +285,21 @@ def _context(results: dict, genes, inp: ReportInputs, level: int, version: str) 
         models.append({"name": name, "method": r.method or "–", "n_cells": r.n,
                        "score": _fmt(inp.mean_scores.get(name)),
                        "max_err": f"{r.max_additivity_error:.2e}", "additive": additive,
-                       "best": name == inp.best_model})
+                       "best": name == inp.best_model, "hidden": name in inp.hidden})
+    warnings += [inp.hidden[m] for m in results if m in inp.hidden]
     if level > 0:
         warnings.append(["", "Report shortened to fit the size budget: fewer patches per gene.",
                          "Report shortened to fit the size budget: no patch gallery.",
                          "Report shortened to fit the size budget: no gallery, no spatial maps, "
                          "smaller figures."][level])
     gene_secs = [_gene_section(g, results, inp, level) for g in genes]
+    dominated = [n for sec in gene_secs for n in (sec["folds"] or {}).get("flags", [])]
+    if dominated:
+        warnings.append(f"One fold dominates the attribution of {len(dominated)} gene/model "
+                        f"pair(s): {', '.join(dominated)}. Rule: {dominance_rule(inp.unit)}. "
+                        "See the per-fold shares under each gene.")
     heatmaps = []
-    for name, r in list(results.items())[:6]:
+    for name, r in list(inp.shown(results).items())[:6]:
         if float(np.abs(r.values).max(initial=0.0)) == 0.0:
             continue  # a constant model (mean baseline) has nothing to show
         groups = ordered_groups(r.groups)
@@ -295,7 +317,9 @@ def _context(results: dict, genes, inp: ReportInputs, level: int, version: str) 
         "group_legend": [{"name": g, "colour": plots.group_colour(g)}
                          for g in ordered_groups(best.groups)],
         "genes": gene_secs,
-        "cross": {"heatmaps": heatmaps, "tabnet": _tabnet_section(results, genes)},
+        "cross": {"heatmaps": heatmaps, "tabnet": _tabnet_section(results, genes, inp)},
+        "unit": inp.unit, "patch_text": inp.patch_text,
+        "dominance_rule": dominance_rule(inp.unit),
     }
 
 

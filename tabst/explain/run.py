@@ -50,7 +50,10 @@ from .runfolder import (
     check_store,
     choose_best,
     choose_genes,
+    patch_sizes,
+    store_unit,
 )
+from .trust import IG_RESIDUAL_LIMIT, residual_notes
 
 DEFAULT_CELLS = 600
 DEFAULT_TOP_GENES = 5
@@ -111,6 +114,7 @@ def explain_run(run_dir, *, genes: Sequence[str] | None = None, top_genes: int =
     store_path = run.store_path(store)
     with opened(store_path) as f:  # the run's genes and evaluated cells, at the run's rows
         check_store(run, f, given=store is not None)
+        unit = store_unit(f)
     rng = np.random.default_rng(seed)
     warn = []
 
@@ -140,7 +144,6 @@ def explain_run(run_dir, *, genes: Sequence[str] | None = None, top_genes: int =
             }
 
     parts: dict = {m: [] for m in models}
-    ig_resid: dict = {}
     n_units = len(models) * len(folds)
     pbar = progress(unit="fits") if show_progress else None
     with opened(store_path) as f:
@@ -198,7 +201,7 @@ def explain_run(run_dir, *, genes: Sequence[str] | None = None, top_genes: int =
                         max_additivity_error=err, inputs=X,
                         tissue=None if tissue_all is None else tissue_all[rows])
                     if hasattr(model, "ig_max_residual_"):
-                        ig_resid[m] = max(ig_resid.get(m, 0.0), float(model.ig_max_residual_))
+                        res.ig_residual = float(model.ig_max_residual_)
                     mk = tabnet_masks(model, X) if hasattr(model, "masks") else None
                     if mk is not None:
                         res.mask_aggregate, res.mask_steps = mk
@@ -206,35 +209,54 @@ def explain_run(run_dir, *, genes: Sequence[str] | None = None, top_genes: int =
                     if pbar is not None:
                         p.advance(task)
     results = {m: concat(parts[m]) for m in models}
-    for m, r in ig_resid.items():
-        results[m].method += (f" (largest integrated-gradients residual before the correction: "
-                              f"{r:.3g} x |f(x) - f(baseline)|"
-                              + ("; large: the correction dominates, read with care)"
-                                 if r > 0.1 else ")"))
-    n = results[best].n
-    if refit:
-        mode = (f"{n} cells drawn at random from the held-out cells of the {len(folds)} folds, "
-                "explained by the models REFITTED ON ALL ROWS (models/<model>/all). These cells "
-                "were part of those models' training data: the explanations describe the model one "
-                "would deploy, not out-of-sample behaviour.")
-        warn.insert(0, "Refit models explain cells they were trained on (in-sample).")
-    else:
-        mode = (f"{n} held-out cells drawn at random (seed {seed}) over the {len(folds)} "
-                "cross-validation folds; each cell is explained by the model of the fold that held "
-                "its sample out (models/<model>/fold_<k>, with that fold's feature builder), i.e. "
-                "by a model that never saw the cell or its sample. Each fold model has its own "
-                "base "
-                "value (its training mean).")
-    if run.meta.get("unsafe_random_split"):
-        warn.insert(0, "This run used a RANDOM CELL-LEVEL split: held-out cells have spatial "
-                       "neighbours in the training data; scores and explanations are optimistic.")
+    hidden = residual_notes(results)
+    if hidden and len(hidden) == len(models):  # nothing else to show: show it, with the caveat
+        warn += [f"{m} is shown although its integrated-gradients correction is large (up to "
+                 f"{results[m].ig_residual:.3g} x |f(x) - f(baseline)|, limit "
+                 f"{IG_RESIDUAL_LIMIT:g}): no other model was explained; read its charts with "
+                 "care." for m in hidden]
+        hidden = {}
+    shown = [m for m in models if m not in hidden]
+    if best not in shown:
+        best = choose_best(run, shown)
+    samples = list(dict.fromkeys(str(s) for k in folds for s in fold_cells[k]["sample"]))
+    with opened(store_path) as f:
+        patch_choice, patch_px = patch_sizes(run, f, samples)
     store_rows = {str(c): int(r) for k in folds
                   for c, r in zip(fold_cells[k]["cell_id"], fold_cells[k]["row"])}
-    info = {"best_model": best, "genes": genes, "mode_text": mode,
-            "best_per_gene": best_per_gene(run, models, genes, best), "warnings": warn,
+    info = {"best_model": best, "genes": genes,
+            "mode_text": _mode_text(results[best].n, len(folds), refit, seed, unit),
+            "best_per_gene": best_per_gene(run, shown, genes, best),
+            "warnings": _run_warnings(run, refit, unit) + warn, "hidden": hidden,
+            "unit": unit, "patch_choice": patch_choice, "patch_px": patch_px,
             "store_rows": store_rows,
             "store": str(store_path), "run": run, "refit": refit, "folds": folds}
     return results, info
+
+
+def _mode_text(n: int, n_folds: int, refit: bool, seed: int, unit: str) -> str:
+    """The paragraph saying which models explained which cells (spots)."""
+    if refit:
+        return (f"{n} {unit}s drawn at random from the held-out {unit}s of the {n_folds} folds, "
+                "explained by the models REFITTED ON ALL ROWS (models/<model>/all). These "
+                f"{unit}s were part of those models' training data: the explanations describe "
+                "the model one would deploy, not out-of-sample behaviour.")
+    return (f"{n} held-out {unit}s drawn at random (seed {seed}) over the {n_folds} "
+            f"cross-validation folds; each {unit} is explained by the model of the fold that "
+            "held its sample out (models/<model>/fold_<k>, with that fold's feature builder), "
+            f"i.e. by a model that never saw the {unit} or its sample. Each fold model has its "
+            "own base value (its training mean).")
+
+
+def _run_warnings(run: Run, refit: bool, unit: str) -> list:
+    out = []
+    if run.meta.get("unsafe_random_split"):
+        out.append(f"This run used a RANDOM {unit.upper()}-LEVEL split: held-out {unit}s have "
+                   "spatial neighbours in the training data; scores and explanations are "
+                   "optimistic.")
+    if refit:
+        out.append(f"Refit models explain {unit}s they were trained on (in-sample).")
+    return out
 
 
 def accepts_background(model) -> bool:
@@ -361,7 +383,10 @@ def run_explain(run_dir, genes: Sequence[str] | None = None, top_genes: int = DE
                        attrs={"best_model": best, "genes": list(genes),
                               "best_model_per_gene": [per_gene[g] for g in genes],
                               "mode": "refit" if refit else "fold models",
-                              "run": str(run.dir.resolve())})
+                              "run": str(run.dir.resolve()), "unit": info["unit"],
+                              "patch_size": info["patch_choice"],
+                              "patch_size_px": info["patch_px"],
+                              "hidden_from_charts": info["hidden"]})
     # patch gallery: extreme predictions of each gene's best model (same cells for every model)
     b = results[best]
     want = {}
@@ -373,12 +398,10 @@ def run_explain(run_dir, genes: Sequence[str] | None = None, top_genes: int = DE
     patches = {}
     if idx and b.x is not None:
         rowmap = [info["store_rows"][str(c)] for c in b.cell_id[idx]]
-        emb = (run.meta.get("embedding") or {}).get("attrs") or {}
-        size = int(emb.get("patch_size") or 64)
         with warnings.catch_warnings(record=True) as wl:
             warnings.simplefilter("always")
             ps = read_patches(info["store"], rowmap, b.sample[idx], b.x[idx], b.y[idx],
-                              size=size)
+                              size=info["patch_px"])
         if any(p is None for p in ps):
             info["warnings"].append("Some gallery patches could not be read: "
                                     + "; ".join(sorted({str(w.message) for w in wl})[:3]))
@@ -389,9 +412,18 @@ def run_explain(run_dir, genes: Sequence[str] | None = None, top_genes: int = DE
         scores={m: run.gene_scores(m) for m in results},
         mean_scores={m: run.mean_score(m) for m in results},
         banner=run.random_weights_banner(), warnings=info["warnings"],
-        rules=tree_rules(run, genes), patches=patches, gallery_k=gallery)
+        rules=tree_rules(run, genes), patches=patches, gallery_k=gallery,
+        unit=info["unit"], patch_text=_patch_text(info["patch_choice"], info["patch_px"]),
+        hidden=info["hidden"])
     out = Path(out) if out is not None else run.dir / "explain.html"
     return write_report(out, results, genes, inp, max_bytes or MAX_BYTES)
+
+
+def _patch_text(choice: str, px: dict) -> str:
+    """``--patch-size spot; resolved per sample: MOB1 23 px, MOB2 22 px`` for the report."""
+    sizes = ", ".join(f"{s} {v} px" for s, v in px.items())
+    return (f"Image patches: {choice}; resolved per sample: {sizes} (the gallery cuts the same "
+            "sizes).")
 
 
 def top_readable_feature(source, gene: str, model: str | None = None) -> str:

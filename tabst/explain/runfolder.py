@@ -1,6 +1,7 @@
 """The compare run folder as ``tabst explain`` reads it (:class:`Run`), the choice of models,
-genes and cells, and the check that a store is the one the run was computed on
-(:func:`check_store`)."""
+genes and cells, the check that a store is the one the run was computed on
+(:func:`check_store`), what a row of the store is (:func:`store_unit`: cells or spots) and the
+embedding's patch size per sample (:func:`patch_sizes`)."""
 from __future__ import annotations
 
 import json
@@ -13,6 +14,10 @@ from ..errors import TabstError
 from ..safeio import check_legacy_file
 
 SKIP_MODELS = ("mean",)  # constant baseline: all attributions are 0
+#: ``platform`` values the spot ingests (st, visium, hest) record in the store's provenance.
+SPOT_PLATFORMS = ("ST", "Visium", "HEST-1k", "spots")
+#: Gallery patch size when neither the embedding nor the store gives one (cell-level stores).
+FALLBACK_PATCH_PX = 64
 
 
 # --------------------------------------------------------------------------------------------
@@ -283,3 +288,71 @@ def check_store(run: Run, f, given: bool = True) -> None:
             if given else f"the run's store {f.filename} has changed since the run")
     raise TabstError(f"{what}: {'; '.join(problems)}. Pass --store with the run's store, or re-run "
                      "`tabst compare` on this one.")
+
+
+# --------------------------------------------------------------------------------------------
+# cells or spots; patch size per sample
+# --------------------------------------------------------------------------------------------
+def _spot_diameters(f) -> dict:
+    """``{sample: spot_diameter_px}`` of the store's samples that have a finite one."""
+    out = {}
+    for s, g in (f["images"].items() if "images" in f else []):
+        d = g.attrs.get("spot_diameter_px", float("nan"))
+        try:
+            d = float(d)
+        except (TypeError, ValueError):
+            continue
+        if np.isfinite(d) and d > 0:
+            out[str(s)] = d
+    return out
+
+
+def store_unit(f) -> str:
+    """``"spot"`` when the store holds spots, else ``"cell"``.
+
+    A store is spot-based when its provenance names a spot platform (``tabst ingest st`` /
+    ``visium`` / ``hest`` record ``platform``) or every sample's ``/images/<sample>`` has a
+    finite ``spot_diameter_px`` (cell-level ingests write NaN).
+    """
+    try:
+        prov = json.loads(f.attrs.get("provenance", "") or "{}")
+    except (TypeError, ValueError):
+        prov = {}
+    if isinstance(prov, dict) and str(prov.get("platform", "")) in SPOT_PLATFORMS:
+        return "spot"
+    n = len(f["images"]) if "images" in f else 0
+    return "spot" if n and len(_spot_diameters(f)) == n else "cell"
+
+
+def patch_sizes(run: Run, f, samples) -> tuple[str, dict]:
+    """The user's patch-size choice and the resolved pixel size of each of ``samples``.
+
+    Read from the run's embedding attrs: ``patch_size`` (an int, or ``"spot"``) and
+    ``patch_size_px`` (``{sample: px}``, written by ``tabst embed``). A sample missing there
+    falls back to the number given, else its ``spot_diameter_px``, else
+    :data:`FALLBACK_PATCH_PX`. Returns ``(choice text, {sample: px})``.
+    """
+    attrs = (run.meta.get("embedding") or {}).get("attrs") or {}
+    choice = attrs.get("patch_size")
+    px = attrs.get("patch_size_px") or {}
+    if isinstance(px, str):
+        try:
+            px = json.loads(px)
+        except ValueError:
+            px = {}
+    px = px if isinstance(px, dict) else {}
+    diam = _spot_diameters(f)
+    out = {}
+    for s in samples:
+        s = str(s)
+        v = px.get(s)
+        if v is None and str(choice).strip().isdigit():
+            v = int(str(choice).strip())
+        if v is None and s in diam:
+            v = int(round(diam[s]))
+        out[s] = int(v) if v is not None else FALLBACK_PATCH_PX
+    if choice in (None, ""):
+        text = "no embedding patch size recorded"
+    else:
+        text = f"--patch-size {choice}"
+    return text, out
