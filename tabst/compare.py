@@ -247,6 +247,8 @@ def _compare_in(f, cfg, tmp: Path, REGISTRY, FeatureBuilder, load_targets, rows_
     if len(load_cols) == G_store:
         load_cols = np.arange(G_store)
     genes = [store_genes[j] for j in pred_cols]  # root /genes of predictions.h5
+    clip = cfg["clip_predictions"]
+    clip = bool(Y.size and float(Y.min()) >= 0) if clip == "auto" else bool(clip)
 
     def ycols(sel):  # columns of Y holding the store columns ``sel``
         return np.searchsorted(load_cols, sel)
@@ -268,6 +270,7 @@ def _compare_in(f, cfg, tmp: Path, REGISTRY, FeatureBuilder, load_targets, rows_
                                    "measured expression (truth) and each model's prediction")
         ph.attrs["unsafe_random_split"] = bool(cfg["unsafe_random_split"])
         ph.attrs["folds"] = cfg["folds"]
+        ph.attrs["clipped_at_zero"] = clip
         ph.attrs["gene_selection"] = json.dumps(gsel)
         put(ph, "genes", np.asarray(genes, dtype=object),
             description="every gene predicted in some fold (union over folds, store order); each "
@@ -327,6 +330,8 @@ def _compare_in(f, cfg, tmp: Path, REGISTRY, FeatureBuilder, load_targets, rows_
                               feature_groups=fgroups, target_names=genes_k)
                     t1 = time.perf_counter()
                     P = np.asarray(model.predict(Xte), dtype=np.float32)
+                    if clip:  # scored as `tabst predict` writes them
+                        np.maximum(P, 0, out=P)
                     predict_s = time.perf_counter() - t1
                     if P.shape != Yte.shape:
                         raise TabstError(f"predict returned shape {P.shape}, expected {Yte.shape}")
@@ -338,7 +343,8 @@ def _compare_in(f, cfg, tmp: Path, REGISTRY, FeatureBuilder, load_targets, rows_
                                     None if regions is None else regions[fold.test])
                     metrics = sc.metrics()  # a metric the fold cannot define -> NaN
                     refuse_undefined(metrics, sc.per_sample, len(genes_k))
-                    rec.update(metrics, fit_seconds=float(model.fit_seconds_),
+                    rec.update(metrics, n_fit=int(model.n_fit_rows_),
+                               fit_seconds=float(model.fit_seconds_),
                                predict_seconds=predict_s,
                                peak_mem_mb=float(getattr(model, "peak_mem_mb_", np.nan)))
                     gene_scores[name][fold.k] = (sc.per_gene.per_gene, sc.per_gene_mse,
@@ -424,7 +430,8 @@ def _compare_in(f, cfg, tmp: Path, REGISTRY, FeatureBuilder, load_targets, rows_
         gene_info["file"] = str(Path(gsel["file"]).resolve())
         gene_info["file_sha256"] = sha256_file(gsel["file"])
     return {"folds": [_fold_record(fd, regions) for fd in folds], "region_column": region_col,
-            "group_column": group_col, "fold_unit": fold_unit, "warnings": warns,
+            "group_column": group_col, "fold_unit": fold_unit, "clipped_at_zero": clip,
+            "warnings": warns,
             "n_rows": int(len(rows)), "genes": genes,
             "n_store_genes": G_store, "gene_selection": gene_info,
             "samples": {s: int(c) for s, c in zip(*np.unique(samples, return_counts=True))},
@@ -468,7 +475,7 @@ def _run_record(cfg, store_path: Path, info: dict, command) -> dict:
         "unsafe_random_split": bool(cfg["unsafe_random_split"]), "folds_scheme": cfg["folds"],
         "folds": info["folds"], "group_column": info["group_column"],
         "group_column_config": cfg["group_column"], "fold_unit": info["fold_unit"],
-        "warnings": info["warnings"],
+        "warnings": info["warnings"], "clipped_at_zero": info["clipped_at_zero"],
         "region_column": info["region_column"], "region_column_config": cfg["region_column"],
         "seeds": {"seed": cfg["seed"],
                   "models": {m: model_params(cfg, m)["seed"] for m in cfg["models"]}},

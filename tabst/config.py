@@ -35,6 +35,10 @@ Keys (everything optional in a file; missing keys take the defaults of :data:`DE
 ``expect_transform``
     The ``/expression/X`` ``transform`` the preset's numbers assume (``hest-benchmark``:
     ``log1p(count)``); compare warns when the store's differs. ``null``: no expectation.
+``clip_predictions``
+    ``auto`` (default): when every measured value is >= 0 (counts, log1p scales), predictions
+    are clipped at 0 before they are scored and stored, exactly as ``tabst predict`` writes
+    them for a submission; ``true`` / ``false`` force it.
 ``unsafe_random_split``
     Allow a cell-level random split (flagged in red in every output).
 ``primary_metric``
@@ -77,6 +81,7 @@ DEFAULTS: dict = {
     "group_column": "auto",
     "region_column": "auto",
     "expect_transform": None,
+    "clip_predictions": "auto",
     "unsafe_random_split": False,
     "primary_metric": "cellwise_spearman",
     "seed": 0,
@@ -93,6 +98,7 @@ _TYPES: dict = {
     "name": str, "description": str, "embedding": (str, type(None)), "features": dict,
     "models": list, "params": dict, "folds": str, "group_column": (str, type(None)),
     "region_column": (str, type(None)), "expect_transform": (str, type(None)),
+    "clip_predictions": (str, bool),
     "unsafe_random_split": bool, "primary_metric": str,
     "seed": int, "refit_all": bool, "save_fold_models": bool, "genes": (dict, str), "embed": dict,
     "report": dict,
@@ -252,6 +258,9 @@ def validate_config(cfg: dict, source: str = "config") -> dict:
         if out[key] is not None and not out[key].strip():
             raise TabstError(f"{source}: key {key!r} must be a non-empty string or null, got "
                              f"{out[key]!r}.")
+    if isinstance(out["clip_predictions"], str) and out["clip_predictions"] != "auto":
+        raise TabstError(f"{source}: key 'clip_predictions' must be auto, true or false, got "
+                         f"{out['clip_predictions']!r}.")
     if out["seed"] < 0:
         raise TabstError(f"{source}: key 'seed' must be an integer >= 0, got {out['seed']!r}.")
     for m in dict.fromkeys(models + list(out["params"])):

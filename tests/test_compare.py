@@ -496,3 +496,39 @@ def test_cli_genes_sugar(tmp_path, store):
     r = CliRunner().invoke(app, ["compare", store, "--models", "ridge", "--genes",
                                  str(tmp_path / "missing.txt"), "--out", str(tmp_path / "m")])
     assert r.exit_code == 1 and "missing.txt" in r.output
+
+
+def test_predictions_are_clipped_at_zero_before_scoring_as_predict_writes_them(tmp_path, store):
+    """clip_predictions auto on a non-negative store: predictions.h5 holds the clipped values
+    and the leaderboard MSE is the MSE of those (what `tabst predict` submits); false keeps
+    the raw output, whose MSE differs."""
+    import h5py
+
+    from tabst.evaluate import mse
+
+    with h5py.File(store) as f:
+        assert float(f["expression/X"][()].min()) >= 0
+    cfg = {**FAST, "models": ["ridge"], "refit_all": False, "save_fold_models": False,
+           "params": {"ridge": {"alphas": [1e-6]}}}  # no shrinkage: some predictions < 0
+    runs = {c: run_compare(store, {**cfg, "clip_predictions": c}, tmp_path / str(c),
+                           show_progress=False, render=False) for c in ("auto", False)}
+    for c, out in runs.items():
+        run = json.loads((out / "run.json").read_text())
+        assert run["clipped_at_zero"] is (c == "auto")
+        lb = pd.read_csv(out / "leaderboard.csv").set_index("model")
+        pf = pd.read_csv(out / "per_fold.csv")
+        with h5py.File(out / "predictions.h5") as ph:
+            assert bool(ph.attrs["clipped_at_zero"]) is (c == "auto")
+            preds = [ph[f"fold_{k}/pred/ridge"][()] for k in range(3)]
+            folds = [mse(ph[f"fold_{k}/truth"][()], preds[k],
+                         ph[f"fold_{k}/sample"].asstr()[()]) for k in range(3)]
+        negative = sum(int((p < 0).sum()) for p in preds)
+        assert (negative == 0) if c == "auto" else (negative > 0)
+        np.testing.assert_allclose(pf[pf.model == "ridge"].sort_values("fold")["mse"], folds,
+                                   rtol=1e-5)
+        np.testing.assert_allclose(lb.loc["ridge", "mse_mean"], np.mean(folds), rtol=1e-5)
+    mse_of = {c: pd.read_csv(o / "leaderboard.csv").set_index("model").loc["ridge", "mse_mean"]
+              for c, o in runs.items()}
+    assert mse_of["auto"] < mse_of[False]
+    with pytest.raises(TabstError, match="clip_predictions"):
+        load_config({**cfg, "clip_predictions": "yes"})

@@ -410,3 +410,30 @@ def test_eigh_f32_falls_back_to_scipy(monkeypatch):
     w_ref, V_ref = eigh(C, driver="evd", check_finite=False)
     np.testing.assert_array_equal(w, w_ref)
     np.testing.assert_array_equal(V, V_ref)
+
+
+def test_max_train_cells_per_group_fits_on_a_seeded_subsample_of_each_group(tmp_path):
+    from tabst.models import make_model
+    from tabst.models.base import subsample_per_group
+
+    groups = np.repeat(["a", "b", "c"], [50, 8, 30])
+    keep = subsample_per_group(groups, len(groups), 10, seed=3)
+    assert dict(zip(*np.unique(groups[keep], return_counts=True))) == {"a": 10, "b": 8, "c": 10}
+    assert np.array_equal(keep, np.sort(keep)) and len(set(keep)) == len(keep)
+    assert np.array_equal(keep, subsample_per_group(groups, len(groups), 10, seed=3))
+    assert not np.array_equal(keep, subsample_per_group(groups, len(groups), 10, seed=4))
+    assert subsample_per_group(groups, len(groups), 50, seed=0) is None
+    assert subsample_per_group(None, 88, None) is None
+    assert len(subsample_per_group(None, 88, 20)) == 20
+
+    rng = np.random.default_rng(0)
+    X, Y = rng.normal(size=(88, 4)), rng.normal(size=(88, 3))
+    full = make_model("ridge").fit(X, Y, groups=groups)
+    sub = make_model("ridge", {"max_train_cells_per_group": 10}).fit(X, Y, groups=groups)
+    keep = subsample_per_group(groups, len(groups), 10, seed=0)  # the model's seed
+    ref = make_model("ridge").fit(X[keep], Y[keep], groups=groups[keep])
+    assert (full.n_fit_rows_, sub.n_fit_rows_, sub.n_train_rows_) == (88, 28, 88)
+    np.testing.assert_allclose(sub.predict(X), ref.predict(X), rtol=1e-6, atol=1e-6)
+    assert not np.allclose(sub.predict(X), full.predict(X))
+    sub.save(tmp_path / "m")
+    assert type(sub).load(tmp_path / "m").n_fit_rows_ == 28

@@ -186,8 +186,9 @@ def explain_run(run_dir, *, genes: Sequence[str] | None = None, top_genes: int =
                     for w in wl:
                         if issubclass(w.category, AdditivityWarning):
                             warn.append(str(w.message))
-                    if not refit and m in fc["pred"]:
-                        diff = float(np.max(np.abs(pred - fc["pred"][m]), initial=0.0))
+                    if not refit and m in fc["pred"]:  # compare clipped them if it said so
+                        shown = np.maximum(pred, 0) if run.meta.get("clipped_at_zero") else pred
+                        diff = float(np.max(np.abs(shown - fc["pred"][m]), initial=0.0))
                         if diff > 1e-3 + 1e-3 * float(np.abs(pred).max(initial=0.0)):
                             warn.append(f"{m} fold {k}: the reloaded model's predictions differ "
                                         f"from predictions.h5 by up to {diff:.3g}.")

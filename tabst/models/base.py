@@ -40,7 +40,8 @@ from ..safeio import check_no_pickles, load_npz
 from ..util import atomic_dir, json_default
 from .params import COMMON_RULES, check_param
 
-COMMON_DEFAULTS = {"codec": "identity", "codec_k": 32, "seed": 0}
+COMMON_DEFAULTS = {"codec": "identity", "codec_k": 32, "seed": 0,
+                   "max_train_cells_per_group": None}
 IMPUTE_MAX_ROWS = 4096
 
 
@@ -154,11 +155,28 @@ def inner_split(n: int, groups, seed: int = 0, frac_groups: float = 0.2, frac_ro
     return np.sort(perm[n_val:]), np.sort(perm[:n_val]), desc
 
 
+def subsample_per_group(groups, n: int, limit, seed: int = 0):
+    """Sorted row indices keeping at most ``limit`` rows of each group (all rows when
+    ``groups`` is None: one group), drawn uniformly without replacement with ``seed``; None
+    when nothing is dropped. (The Crunch 1 quickstarter trained on 10,000 cells per sample.)"""
+    if limit is None:
+        return None
+    g = np.zeros(n, dtype=np.int64) if groups is None else np.unique(groups, return_inverse=True)[1]
+    counts = np.bincount(g.ravel())
+    if counts.max() <= limit:
+        return None
+    rng = np.random.default_rng(seed)
+    keep = [idx if len(idx) <= limit else rng.choice(idx, int(limit), replace=False)
+            for idx in (np.flatnonzero(g == k) for k in range(len(counts)))]
+    return np.sort(np.concatenate(keep))
+
+
 class TabstModel:
     """Base class: parameters, imputation, target codec, timing, persistence.
 
     Subclasses set ``name`` (registry key), ``DEFAULTS`` (their own params; the common ones
-    ``codec``, ``codec_k``, ``seed`` are added), ``RULES`` (a
+    ``codec``, ``codec_k``, ``seed`` and ``max_train_cells_per_group`` (fit on at most that
+    many rows of each group, see :func:`subsample_per_group`) are added), ``RULES`` (a
     :func:`tabst.models.params.check_param` rule for each own parameter, checked at
     construction), ``handles_nan``, and implement ``_fit(X, Z, groups)``, ``_predict(X) -> Z``,
     ``_explain(X) -> (values [n, F, k], base [k], method)``, ``_state() -> dict of arrays`` /
@@ -240,6 +258,13 @@ class TabstModel:
         if len(self.target_names_) != Y.shape[1]:
             raise TabstError(f"target_names must have {Y.shape[1]} entries (Y columns).")
         self.n_features_in_ = F
+        self.n_train_rows_ = int(X.shape[0])
+        keep = subsample_per_group(groups, X.shape[0], self.params["max_train_cells_per_group"],
+                                   self.params["seed"])
+        if keep is not None:
+            X, Y = X[keep], Y[keep]
+            groups = groups[keep] if groups is not None else None
+        self.n_fit_rows_ = int(X.shape[0])
         t0 = time.perf_counter()
         with _PeakRSS() as mem:
             X = self._impute_fit(X)
@@ -323,6 +348,8 @@ class TabstModel:
                     "feature_names": self.feature_names_, "feature_groups": self.feature_groups_,
                     "target_names": self.target_names_, "n_features_in": self.n_features_in_,
                     "fit_seconds": self.fit_seconds_, "peak_mem_mb": self.peak_mem_mb_,
+                    "n_train_rows": getattr(self, "n_train_rows_", None),
+                    "n_fit_rows": getattr(self, "n_fit_rows_", None),
                     "extra": self._meta(), "tabst_version": __version__}
             (tmp / "model.json").write_text(json.dumps(meta, indent=1, default=json_default))
             arrays = dict(self.codec_.state())
@@ -364,6 +391,7 @@ class TabstModel:
         obj.n_features_in_ = int(meta["n_features_in"])
         obj.fit_seconds_ = float(meta["fit_seconds"])
         obj.peak_mem_mb_ = float(meta["peak_mem_mb"])
+        obj.n_train_rows_, obj.n_fit_rows_ = meta.get("n_train_rows"), meta.get("n_fit_rows")
         obj._set_state({k[2:]: v for k, v in arrays.items() if k.startswith("m_")}, meta["extra"])
         obj._load_files(path)
         return obj

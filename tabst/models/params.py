@@ -1,9 +1,9 @@
 """Parameter rules of the models: one declarative table per model, one checker for all.
 
 Every model lists a rule for each of its parameters (``TabstModel.RULES``, plus
-:data:`COMMON_RULES` for ``codec``, ``codec_k``, ``seed``); the base class applies them at
-construction, so that ``tabst compare`` refuses a bad ``--set`` before fitting anything and the
-message names ``model.param``, the value and what is allowed.
+:data:`COMMON_RULES` for ``codec``, ``codec_k``, ``seed``, ``max_train_cells_per_group``); the
+base class applies them at construction, so that ``tabst compare`` refuses a bad ``--set``
+before fitting anything and the message names ``model.param``, the value and what is allowed.
 
 A rule is the keyword arguments of :func:`check_param`, e.g.
 ``{"kind": "int", "low": 2}`` or ``{"kind": "word", "choices": ("auto", "float32")}``.
@@ -28,6 +28,7 @@ COMMON_RULES = {
               "pattern": (r"pca[1-9]\d*", "'pcaK' (e.g. 'pca16')")},
     "codec_k": {"kind": "int", "low": 1},
     "seed": {"kind": "int", "low": 0},
+    "max_train_cells_per_group": {"kind": "int", "low": 1, "none_ok": True},
 }
 
 
