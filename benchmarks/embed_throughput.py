@@ -13,7 +13,10 @@ Prints, in one run on one machine:
    ``--rss-batches`` batches of resnet50/layer3 inference (full 200k inference takes too long
    on a small CPU).
 
-Ends with one JSON line. Goals: end-to-end >= 0.8 x raw; peak RSS at 200k within 20 % of 20k.
+Ends with one JSON line. Goals: end-to-end >= 0.8 x raw; with the features pass >= 0.6 x raw
+(on the PNG store without masks, as the goal was set; the run on a store with nucleus masks,
+where the morphology pass adds ~0.3 ms per cell, is printed and reported beside it); peak RSS
+at 200k within 20 % of 20k.
 
     python benchmarks/embed_throughput.py [--cells 8192] [--threads N] [--workers N]
 """
@@ -187,6 +190,7 @@ def main():
     with tempfile.TemporaryDirectory(prefix="tabst-bench-") as td:
         td = Path(td)
         store = make_store(td / "bench.h5", args.cells)
+        masked = make_store(td / "masked.h5", args.cells, mask=True)
         raw = raw_forward()
         print("raw forward (resnet50/layer3, 32 px, batch 256, random tensors): "
               f"{raw:,.0f} patches/s")
@@ -195,10 +199,14 @@ def main():
               f"{e2e_nf:,.0f} patches/s = {e2e_nf / raw:.2f} x raw (whole call incl. model "
               f"build + setup); batch loop alone {loop_nf:,.0f} patches/s = "
               f"{loop_nf / raw:.2f} x raw")
-        e2e_f, loop_f = end_to_end(store, workers, features=True)
-        print(f"end-to-end tabst embed with features: {e2e_f:,.0f} patches/s = "
+        e2e_f, loop_f = end_to_end(masked, workers, features=True)
+        print(f"end-to-end tabst embed with features (nucleus masks as tiled TIFF labels: "
+              f"morphology + stain + neighbourhood): {e2e_f:,.0f} patches/s = "
               f"{e2e_f / raw:.2f} x raw; batch loop alone {loop_f:,.0f} patches/s = "
               f"{loop_f / raw:.2f} x raw")
+        e2e_s, _ = end_to_end(store, workers, features=True)
+        print(f"end-to-end with features, no masks (stain + neighbourhood only): "
+              f"{e2e_s:,.0f} patches/s = {e2e_s / raw:.2f} x raw")
 
         rss = {}
         for n in (args.small, args.large):
@@ -220,7 +228,8 @@ def main():
     ratio_f, ratio_e = ratio("features"), ratio("embed")
     print(f"peak RSS ratio {args.large:,} / {args.small:,} cells: features pass {ratio_f:.2f}, "
           f"embed {ratio_e:.2f}")
-    met = bool(e2e_nf >= 0.8 * raw and ratio_f <= 1.2 and ratio_e <= 1.2)
+    met = bool(e2e_nf >= 0.8 * raw and e2e_s >= 0.6 * raw and ratio_f <= 1.2
+               and ratio_e <= 1.2)
     print(json.dumps({
         "benchmark": "embed_throughput", "device": device, "torch_threads": threads,
         "workers": workers, "cells": args.cells,
@@ -231,12 +240,15 @@ def main():
         "loop_patches_per_s": round(loop_nf, 1),
         "loop_with_features_patches_per_s": round(loop_f, 1),
         "end_to_end_with_features_over_raw": round(e2e_f / raw, 3),
+        "end_to_end_with_features_no_masks_over_raw": round(e2e_s / raw, 3),
         "peak_rss_mb_features_pass": {str(k): round(v["features"]["peak_rss_mb"], 1)
                                       for k, v in rss.items()},
         "peak_rss_mb_embed_first_batches": {str(k): round(v["embed"]["peak_rss_mb"], 1)
                                             for k, v in rss.items()},
         "rss_ratio_features": round(ratio_f, 3), "rss_ratio_embed": round(ratio_e, 3),
-        "goal": "end_to_end >= 0.8 x raw forward; peak RSS 200k within 20% of 20k",
+        "goal": "end_to_end >= 0.8 x raw forward; with features (the store of issue 18, no "
+                "masks) >= 0.6 x raw; peak RSS 200k within 20% of 20k",
+        "with_masks_at_least_0.6_x_raw": bool(e2e_f >= 0.6 * raw),
         "met": met}))
 
 
