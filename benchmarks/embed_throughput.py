@@ -183,7 +183,8 @@ def main():
     if args.threads:
         torch.set_num_threads(args.threads)
     threads = torch.get_num_threads()
-    workers = default_workers() if args.workers is None else args.workers
+    workers = default_workers("cuda" if torch.cuda.is_available() else "cpu") \
+        if args.workers is None else args.workers
     device = "cuda" if torch.cuda.is_available() else "cpu"
     print(f"device {device}, torch threads {threads}, cpu cores {os.cpu_count()}, "
           f"DataLoader workers {workers}")

@@ -38,6 +38,9 @@ def register(app, ingest_app):
                  "HEST's var_50genes.json) | hvg:K (top-K highly "
                  "variable, computed per fold on its training rows only)"),
         force: bool = typer.Option(False, "--force", help="replace an existing run folder"),
+        max_hours: Optional[float] = typer.Option(
+            None, "--max-hours", help="refuse a run estimated over H hours (the estimate is "
+            "printed first) and stop one that passes it; = --set max_hours=H"),
     ):
         """Fit every model per sample-wise fold, score the challenge metrics, write a run folder
         (leaderboard.csv, per_gene.csv, predictions.h5, models/, report.html)."""
@@ -45,6 +48,8 @@ def register(app, ingest_app):
 
         from tabst.compare import leaderboard_table, run_compare
 
+        if max_hours is not None:
+            sets = [*sets, f"max_hours={max_hours:.12f}"]  # a YAML float (1e-07 is text)
         run_dir = run_compare(store, config, out, overrides=sets, models=models, features=features,
                               folds=folds, unsafe_random_split=unsafe_random_split, genes=genes,
                               force=force,

@@ -41,19 +41,18 @@ Run folder (written into a hidden temp folder beside it and renamed when complet
 from __future__ import annotations
 
 import json
-import os
-import platform
 import sys
 import time
 import traceback
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 
+from . import cost
 from .config import dump_config, load_config, model_params
 from .errors import StoreError, TabstError
-from .evaluate import METRIC_DIRECTION, METRIC_LABEL, METRICS, make_folds, score_fold
+from .evaluate import METRICS, make_folds, score_fold
 from .leaderboard import (
     genes_label,
     leaderboard_frame,
@@ -70,44 +69,15 @@ from .run_inputs import (
     resolve_region_column,
     transform_warning,
 )
-from .store import now_utc, opened, put, read_strings
+from .run_record import _attrs, package_versions
+from .run_record import run_record as _run_record
+from .store import opened, put, read_strings
 from .util import atomic_dir, json_default, progress
-
-VERSION_PACKAGES = ("tabst", "numpy", "scipy", "scikit-learn", "pandas", "h5py", "xgboost", "torch",
-                    "torchvision", "pytorch-tabnet", "shap", "matplotlib", "jinja2")
 
 
 # --------------------------------------------------------------------------------------------
 # helpers
 # --------------------------------------------------------------------------------------------
-def package_versions() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"python": platform.python_version()}
-    for p in VERSION_PACKAGES:
-        try:
-            out[p] = version(p)
-        except PackageNotFoundError:
-            out[p] = None
-    return out
-
-
-def _attrs(obj) -> dict:
-    from .store import attrs_dict
-
-    out = {}
-    for k, v in attrs_dict(obj).items():
-        if isinstance(v, str) and v[:1] in "{[":
-            try:
-                v = json.loads(v)
-            except ValueError:
-                pass
-        if isinstance(v, float) and not np.isfinite(v):
-            v = None
-        out[k] = v
-    return out
-
-
 def _fold_record(fd, regions) -> dict:
     d = fd.to_dict()
     if regions is not None:
@@ -210,6 +180,7 @@ def _compare_in(f, cfg, tmp: Path, REGISTRY, FeatureBuilder, load_targets, rows_
     from .genes import read_gene_list, select_genes, selection_label
 
     timing = {"features_seconds": 0.0, "refit_seconds": 0.0}
+    guard, estimate = cost.Guard(cfg["max_hours"], time.perf_counter()), None
     rows = np.asarray(rows_with_expression(f), dtype=np.int64)
     if rows.size == 0:
         raise StoreError(f"{f.filename}: no cell has measured expression; nothing to evaluate.")
@@ -282,7 +253,8 @@ def _compare_in(f, cfg, tmp: Path, REGISTRY, FeatureBuilder, load_targets, rows_
             fb.fit(f, tr)
             Xtr = np.asarray(fb.transform(f, tr), dtype=np.float32)
             Xte = np.asarray(fb.transform(f, te), dtype=np.float32)
-            timing["features_seconds"] += time.perf_counter() - t0
+            t_build = time.perf_counter() - t0
+            timing["features_seconds"] += t_build
             fb.save(tmp / "features" / f"fold_{fold.k}")
             fnames = list(fb.feature_names_)
             fgroups = list(fb.feature_groups_)
@@ -316,6 +288,10 @@ def _compare_in(f, cfg, tmp: Path, REGISTRY, FeatureBuilder, load_targets, rows_
             pg = g.create_group("pred")
             pg.attrs["description"] = ("predictions [cells, genes of this fold], one dataset per "
                                        "model")
+            if fold is folds[0] and cost.wanted(cfg, max(len(fd.train) for fd in folds)):
+                estimate = cost.estimate_compare(cfg, names, REGISTRY, Xtr, Ytr, fit_groups, folds, fold,
+                                     dict(feature_names=fnames, feature_groups=fgroups,
+                                          target_names=genes_k), t_build)
             for name in names:
                 if pbar:
                     p.update(task, description=f"fold {fold.k + 1}/{len(folds)} · {name}")
@@ -360,6 +336,7 @@ def _compare_in(f, cfg, tmp: Path, REGISTRY, FeatureBuilder, load_targets, rows_
                     _write_log(tmp, name, f"--- fold {fold.k} ({', '.join(fold.test_samples)})\n"
                                + traceback.format_exc() + "\n")
                 per_fold.append(rec)
+                guard.check(f"{name} on fold {fold.k + 1} of {len(folds)}")
                 if pbar:
                     p.advance(task)
             del Xtr, Xte, Ytr, Yte
@@ -396,6 +373,7 @@ def _compare_in(f, cfg, tmp: Path, REGISTRY, FeatureBuilder, load_targets, rows_
                             raise
                         refit[name] = {"status": "failed", "error": f"{type(e).__name__}: {e}"}
                         _write_log(tmp, name, "--- refit on all rows\n" + traceback.format_exc())
+                guard.check(f"the refit of {name}")
                 if pbar:
                     p.advance(task)
             timing["refit_seconds"] = time.perf_counter() - t0
@@ -431,6 +409,7 @@ def _compare_in(f, cfg, tmp: Path, REGISTRY, FeatureBuilder, load_targets, rows_
         gene_info["file_sha256"] = sha256_file(gsel["file"])
     return {"folds": [_fold_record(fd, regions) for fd in folds], "region_column": region_col,
             "group_column": group_col, "fold_unit": fold_unit, "clipped_at_zero": clip,
+            "estimate": estimate.to_dict() if estimate is not None else None,
             "warnings": warns,
             "n_rows": int(len(rows)), "genes": genes,
             "n_store_genes": G_store, "gene_selection": gene_info,
@@ -456,46 +435,6 @@ def _codec_label(model) -> str:
     p = getattr(model, "params", {})
     c = p.get("codec", "identity")
     return f"pca{p.get('codec_k')}" if c == "pca" else str(c)
-
-
-def _run_record(cfg, store_path: Path, info: dict, command) -> dict:
-    import h5py
-
-    with h5py.File(store_path, "r") as f:
-        root = _attrs(f)
-        n_cells = int(f["cells/cell_id"].shape[0])
-        transform = f["expression/X"].attrs.get("transform", "")
-    st = store_path.stat()
-    return {
-        "kind": "tabst compare run", "complete": True, "created_utc": now_utc(),
-        "command": list(command) if command is not None else list(sys.argv),
-        "config_name": cfg["name"], "primary_metric": cfg["primary_metric"],
-        "ranked_by": info["ranked_by"], "leaderboard_notes": info["leaderboard_notes"],
-        "metric_labels": METRIC_LABEL, "metric_direction": METRIC_DIRECTION,
-        "unsafe_random_split": bool(cfg["unsafe_random_split"]), "folds_scheme": cfg["folds"],
-        "folds": info["folds"], "group_column": info["group_column"],
-        "group_column_config": cfg["group_column"], "fold_unit": info["fold_unit"],
-        "warnings": info["warnings"], "clipped_at_zero": info["clipped_at_zero"],
-        "region_column": info["region_column"], "region_column_config": cfg["region_column"],
-        "seeds": {"seed": cfg["seed"],
-                  "models": {m: model_params(cfg, m)["seed"] for m in cfg["models"]}},
-        "store": {"path": str(store_path), "bytes": st.st_size,
-                  "mtime_utc": datetime.fromtimestamp(st.st_mtime, timezone.utc)
-                  .strftime("%Y-%m-%dT%H:%M:%SZ"),
-                  "created_utc": root.get("created_utc"),
-                  "tabst_version": root.get("tabst_version"),
-                  "provenance": root.get("provenance"), "n_cells": n_cells,
-                  "n_cells_evaluated": info["n_rows"], "n_genes": info["n_store_genes"],
-                  "samples": info["samples"],
-                  "expression_transform": transform.decode() if isinstance(transform, bytes)
-                  else str(transform)},
-        "gene_selection": info["gene_selection"],
-        "embedding": info["embedding"], "feature_spec": info["feature_spec"],
-        "features": info["features"], "models": cfg["models"], "labels": info["labels"],
-        "refit": info["refit"], "timing": info["timing"],
-        "versions": package_versions(),
-        "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count()},
-    }
 
 
 __all__ = ["run_compare", "leaderboard_frame", "leaderboard_table", "resolve_embedding",

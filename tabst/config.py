@@ -39,6 +39,11 @@ Keys (everything optional in a file; missing keys take the defaults of :data:`DE
     ``auto`` (default): when every measured value is >= 0 (counts, log1p scales), predictions
     are clipped at 0 before they are scored and stored, exactly as ``tabst predict`` writes
     them for a submission; ``true`` / ``false`` force it.
+``estimate`` / ``max_hours``
+    ``estimate: auto`` (default) calibrates each model on slices of fold 1 and prints what the
+    run will cost before fitting when a fold trains on >= 20,000 rows or ``max_hours`` is set
+    (``true`` / ``false`` force it); ``max_hours`` refuses a run estimated over it and stops
+    one that passes it (:mod:`tabst.cost`).
 ``unsafe_random_split``
     Allow a cell-level random split (flagged in red in every output).
 ``primary_metric``
@@ -82,6 +87,8 @@ DEFAULTS: dict = {
     "region_column": "auto",
     "expect_transform": None,
     "clip_predictions": "auto",
+    "estimate": "auto",
+    "max_hours": None,
     "unsafe_random_split": False,
     "primary_metric": "cellwise_spearman",
     "seed": 0,
@@ -98,7 +105,8 @@ _TYPES: dict = {
     "name": str, "description": str, "embedding": (str, type(None)), "features": dict,
     "models": list, "params": dict, "folds": str, "group_column": (str, type(None)),
     "region_column": (str, type(None)), "expect_transform": (str, type(None)),
-    "clip_predictions": (str, bool),
+    "clip_predictions": (str, bool), "estimate": (str, bool),
+    "max_hours": (int, float, type(None)),
     "unsafe_random_split": bool, "primary_metric": str,
     "seed": int, "refit_all": bool, "save_fold_models": bool, "genes": (dict, str), "embed": dict,
     "report": dict,
@@ -261,6 +269,12 @@ def validate_config(cfg: dict, source: str = "config") -> dict:
     if isinstance(out["clip_predictions"], str) and out["clip_predictions"] != "auto":
         raise TabstError(f"{source}: key 'clip_predictions' must be auto, true or false, got "
                          f"{out['clip_predictions']!r}.")
+    if isinstance(out["estimate"], str) and out["estimate"] != "auto":
+        raise TabstError(f"{source}: key 'estimate' must be auto, true or false, got "
+                         f"{out['estimate']!r}.")
+    from .cost import check_max_hours
+
+    out["max_hours"] = check_max_hours(out["max_hours"], source)
     if out["seed"] < 0:
         raise TabstError(f"{source}: key 'seed' must be an integer >= 0, got {out['seed']!r}.")
     for m in dict.fromkeys(models + list(out["params"])):

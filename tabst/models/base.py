@@ -225,6 +225,23 @@ class TabstModel:
                 if v != {**COMMON_DEFAULTS, **type(self).DEFAULTS}.get(k)}
         return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in diff.items())})"
 
+    # --- cost model (tabst.cost calibrates it) ------------------------------------------------
+    def n_outputs(self, n_genes: int) -> int:
+        """Columns the model learns: the codec's k (PCA) or every gene (identity)."""
+        codec = make_codec(self.params["codec"], self.params["codec_k"])
+        return min(int(getattr(codec, "k", n_genes) or n_genes), int(n_genes))
+
+    def cost_units(self, n_rows: int, n_features: int, n_genes: int) -> float:
+        """Work of one fit in units proportional to its time (rows x features x outputs here;
+        iterative models multiply by rounds / epochs). :mod:`tabst.cost` fits the seconds per
+        unit on small slices; ``n_rows`` is before ``max_train_cells_per_group``."""
+        return float(n_rows) * max(1, n_features) * self.n_outputs(n_genes)
+
+    def calibration_params(self) -> dict:
+        """Parameter overrides for the quick calibration fits (fewer rounds / epochs); the
+        units of those fits are computed with them."""
+        return {}
+
     # --- fit / predict ------------------------------------------------------------------------
     def fit(self, X, Y, groups=None, *, feature_names: Sequence[str] | None = None,
             feature_groups: Sequence[str] | None = None,

@@ -194,6 +194,11 @@ class RidgeModel(TabstModel):
              "batch_rows": {"kind": "int", "low": 1},
              "precision": {"kind": "word", "choices": ("auto", "float32", "float64")}}
 
+    def cost_units(self, n_rows, n_features, n_genes) -> float:
+        """Sufficient statistics rows x F x (F + G), then one eigendecomposition per CV fold."""
+        F = max(1, n_features)
+        return float(n_rows) * F * (F + self.n_outputs(n_genes)) + (self.params["cv"] + 1) * F ** 3
+
     # --- folds -------------------------------------------------------------------------------
     def _alphas(self) -> np.ndarray:
         a = self.params["alphas"]

@@ -130,6 +130,16 @@ class TabNetModel(TabstModel):
         return bs, vbs
 
     # --- fit -----------------------------------------------------------------------------------
+    def cost_units(self, n_rows, n_features, n_genes) -> float:
+        """rows x (epochs + pretraining epochs): an epoch's cost is dominated by the network,
+        whose width (n_d, n_steps) is fixed; early stopping can only make it shorter."""
+        p = self.params
+        epochs = int(p["max_epochs"]) + (int(p["pretrain_epochs"]) if p["pretrain"] else 0)
+        return float(n_rows) * epochs * max(1, n_features) ** 0.5
+
+    def calibration_params(self) -> dict:
+        return {"max_epochs": 2, "pretrain_epochs": 1, "patience": 0, "pretrain_patience": 0}
+
     def _fit(self, X, Z, groups):
         import torch
         from pytorch_tabnet.callbacks import Callback

@@ -63,6 +63,12 @@ class TreeModel(TabstModel):
             max_depth=p["max_depth"], min_samples_leaf=p["min_samples_leaf"],
             max_features=p["max_features"], ccp_alpha=p["ccp_alpha"], random_state=p["seed"])
 
+    def cost_units(self, n_rows, n_features, n_genes) -> float:
+        """CART: rows log rows x features x outputs (sorting at each level)."""
+        import math
+
+        return super().cost_units(n_rows, n_features, n_genes) * math.log2(max(2, n_rows))
+
     def _fit(self, X, Z, groups):
         self.tree_model_ = self._estimator().fit(X, Z)
 

@@ -62,6 +62,14 @@ class XGBoostModel(TabstModel):
              "n_jobs": {"kind": "int", "low": -1},
              "device": DEVICE_RULE}
 
+    def cost_units(self, n_rows, n_features, n_genes) -> float:
+        """rows x features x outputs x rounds (hist: each round builds one tree per output)."""
+        return super().cost_units(n_rows, n_features, n_genes) * int(self.params["n_estimators"])
+
+    def calibration_params(self) -> dict:
+        return {"n_estimators": min(20, int(self.params["n_estimators"])),
+                "early_stopping_rounds": None}
+
     def _booster_params(self, n_outputs: int) -> dict:
         p = self.params
         return {"objective": "reg:squarederror", "tree_method": "hist",
