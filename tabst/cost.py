@@ -76,6 +76,18 @@ def _slice(n: int, m: int, seed: int = 0) -> np.ndarray:
         else np.arange(n)
 
 
+def probe(make, name: str, X, Y, groups, fit_kwargs: dict) -> dict:
+    """Parameter overrides for the estimate's units from one fit with the real settings on the
+    largest calibration slice, for models that stop early (``probed_params``: XGBoost's rounds
+    run before early stopping). ``{}`` for the others."""
+    model = make(name, {})
+    if not hasattr(model, "probed_params") or not model.stops_early():
+        return {}
+    rows = _slice(X.shape[0], min(X.shape[0], SLICES[-1]))
+    model.fit(X[rows], Y[rows], groups=None if groups is None else groups[rows], **fit_kwargs)
+    return model.probed_params(model)
+
+
 def calibrate(make, name: str, X, Y, groups, fit_kwargs: dict) -> tuple[float, float]:
     """``(a, b)`` of ``seconds = a + b * units`` for model ``name`` from two fits on slices of
     ``X, Y``; ``make(name, overrides)`` builds the model with the run's parameters."""
@@ -115,7 +127,7 @@ def estimate_run(make, names, X, Y, groups, fold_groups: list, all_groups, fit_k
             est.models[name] = {"folds": [0.0] * len(fold_groups), "refit": 0.0,
                                 "error": f"{type(e).__name__}: {e}"}
             continue
-        full = make(name, {})
+        full = make(name, probe(make, name, X, Y, groups, fit_kwargs))
         secs = [a + b * full.cost_units(fit_rows(full, g), F, G)
                 for g in [*fold_groups, all_groups]]
         est.models[name] = {"folds": [round(t, 3) for t in secs[:-1]],

@@ -70,6 +70,14 @@ class XGBoostModel(TabstModel):
         return {"n_estimators": min(20, int(self.params["n_estimators"])),
                 "early_stopping_rounds": None}
 
+    def stops_early(self) -> bool:
+        return bool(self.params["early_stopping_rounds"])
+
+    def probed_params(self, probe) -> dict:
+        """After a fit with the real settings on a calibration slice (:func:`tabst.cost.probe`):
+        the rounds early stopping let it run, for the estimate's units."""
+        return {"n_estimators": int(probe.booster_.num_boosted_rounds())}
+
     def _booster_params(self, n_outputs: int) -> dict:
         p = self.params
         return {"objective": "reg:squarederror", "tree_method": "hist",
