@@ -18,9 +18,10 @@ def register(app, ingest_app):
                                     "resnext50_32x4d|wide_resnet50_2"),
         layer: str = typer.Option("layer3", help="cut point: layer3 (1024-d for resnet50) or "
                                   "layer4 (2048-d)"),
-        patch_size: str = typer.Option("32", "--patch-size",
-                                       help="patch side in px, or 'spot' (the sample's spot "
-                                            "diameter)"),
+        patch_size: str = typer.Option("auto", "--patch-size",
+                                       help="patch side in px, 'spot' (each sample's spot "
+                                            "diameter, resized to the median when they "
+                                            "differ) or auto (spot on spot stores, else 32)"),
         resize: Optional[int] = typer.Option(None, help="resize patches to N px before the "
                                              "encoder (e.g. 224)"),
         weights: str = typer.Option("imagenet", help="imagenet | random | PATH to a state dict"),
@@ -28,7 +29,8 @@ def register(app, ingest_app):
                                                      help="expected sha256 of a --weights file"),
         batch_size: int = typer.Option(256, help="patches per batch"),
         workers: Optional[int] = typer.Option(None, help="DataLoader workers decoding patches "
-                                              "(default: 1 per 4 cores, >=1 on multi-core)"),
+                                              "(default: none on the CPU, 1 per 4 cores with "
+                                              "CUDA)"),
         device: str = typer.Option("auto", help="auto | cpu | cuda"),
         name: Optional[str] = typer.Option(None, help="name under /embeddings (default: from "
                                            "encoder, layer, patch size, weights)"),

@@ -156,6 +156,8 @@ def estimate_compare(cfg, names, REGISTRY, Xtr, Ytr, fit_groups, folds, fold, fi
 
 
 def hours(seconds: float) -> str:
+    if seconds < 10:
+        return f"{seconds:.1f} s"
     if seconds < 90:
         return f"{seconds:.0f} s"
     if seconds < 5400:

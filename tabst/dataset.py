@@ -52,8 +52,9 @@ from pathlib import Path
 import numpy as np
 
 from .errors import StoreError, TabstError
-from .feature_spec import DEFAULT_FEATURE_SET, is_spot_store, resolve_position, validate_spec
+from .feature_spec import DEFAULT_FEATURE_SET, resolve_position, validate_spec
 from .safeio import check_legacy_file, check_no_pickles, load_npz
+from .spots import is_spot_store
 from .store import get_str_list, iter_batches, opened, read_strings
 
 #: a principal component with variance <= this x the largest is a null direction (not kept)

@@ -44,6 +44,7 @@ from .morphology import (
     patch_nucleus_features,
 )
 from .patches import crop_patch, fit_patch, parse_patch_size, resize_patch, sample_patch_sizes
+from .spots import is_spot_images
 
 CENTRE_CONVENTION = ("patch rows floor(y)-P//2 .. floor(y)-P//2+P-1 (same for x); the pixel "
                      "containing (x, y) is at index P//2; zero outside the image")
@@ -278,7 +279,7 @@ def _resolve_device(device: str):
 # the pass
 # ---------------------------------------------------------------------------------------------
 
-def embed_store(store_path, encoder: str = "resnet50", layer: str = "layer3", patch_size=32,
+def embed_store(store_path, encoder: str = "resnet50", layer: str = "layer3", patch_size="auto",
                 resize: int | None = None, weights: str = "imagenet",
                 weights_sha256: str | None = None, batch_size: int = 256,
                 workers: int | None = None, device: str = "auto", name: str | None = None,
@@ -290,7 +291,9 @@ def embed_store(store_path, encoder: str = "resnet50", layer: str = "layer3", pa
     ----------
     store_path : the tabst store (HDF5), modified in place.
     encoder, layer : see :data:`tabst.encoders.ENCODERS` (``layer3`` or ``layer4``).
-    patch_size : pixels (int) or ``"spot"`` (each sample's ``spot_diameter_px``).
+    patch_size : pixels (int), ``"spot"`` (each sample's ``spot_diameter_px``; resized to the
+        median when samples differ and no ``resize`` is given) or ``"auto"`` (``spot`` on spot
+        stores, :mod:`tabst.spots`, else 32).
     resize : rescale every patch to ``resize`` px before the encoder (e.g. 224); None = no.
     weights : ``"imagenet"``, ``"random"`` (explicit only) or a local state-dict path.
     weights_sha256 : expected sha256 of a weights file.
@@ -330,7 +333,7 @@ def run_pipeline(store_path, *, encoder: str | None, **options) -> str | None:
         return _pipeline(store_path, encoder=encoder, **options)
 
 
-def _pipeline(store_path, *, encoder: str | None, layer: str = "layer3", patch_size=32,
+def _pipeline(store_path, *, encoder: str | None, layer: str = "layer3", patch_size="auto",
               resize=None, weights: str = "imagenet", weights_sha256=None,
               batch_size: int = 256, workers=None, device: str = "auto", name=None,
               features: bool = True, force: bool = False, per_cell_fit: str = "crop",
@@ -368,6 +371,7 @@ def _pipeline(store_path, *, encoder: str | None, layer: str = "layer3", patch_s
         x = f["cells/x"][()].astype(np.float64)
         y = f["cells/y"][()].astype(np.float64)
         images = {s: sample_attrs(f, s) for s in samples}
+        spot_store = is_spot_images(images, f.attrs.get("provenance", ""))
         row_values = {}
         for s in samples:
             cls = reader_class(str(images[s].get("kind", "file") or "file"))
@@ -378,6 +382,10 @@ def _pipeline(store_path, *, encoder: str | None, layer: str = "layer3", patch_s
                                          f"patches but /cells/{fld} is missing; re-run the ingest.")
                     ds = f[f"cells/{fld}"]
                     row_values[fld] = read_strings(ds) if ds.dtype.kind == "O" else ds[()]
+        if ps == "auto":
+            ps = "spot" if spot_store else 32
+            console.print(f"--patch-size auto: {ps}" + (" (spot store: each sample's spot "
+                          "diameter)" if spot_store else " px (cell store)"))
         sizes_by_sample = sample_patch_sizes(ps, images)
         has_mask = any(str(a.get("mask_path", "") or "") or str(a.get("mask_element", "") or "")
                        for a in images.values())
@@ -399,6 +407,10 @@ def _pipeline(store_path, *, encoder: str | None, layer: str = "layer3", patch_s
                                  file=resolve_path(store_path, rel),
                                  fix="the store records image paths relative to its own folder: "
                                      "keep the images beside the store, or re-run the ingest")
+    if encoder is not None and resize is None and ps == "spot" and len(set(sizes)) > 1:
+        resize = int(np.median(sizes))  # same tissue per patch, one input size
+        console.print(f"spot diameters differ between samples ({min(sizes)}-{max(sizes)} px): "
+                      f"each spot patch is resized to the median, {resize} px.")
     if encoder is not None and resize is None and len(set(sizes)) > 1:
         raise TabstError(f"--patch-size {ps}: samples have different patch sizes "
                          f"({dict(sorted(sizes_by_sample.items()))}); the encoder needs equal "
@@ -458,7 +470,8 @@ def _pipeline(store_path, *, encoder: str | None, layer: str = "layer3", patch_s
     if features:
         with_um = any(math.isfinite(v) and v > 0 for v in pixel_size.values())
         names, groups, units, ncols = feature_layout(has_mask, with_um, fp["radius_px"],
-                                                     fp["radius_um"], fp["k"])
+                                                     fp["radius_um"], fp["k"],
+                                                     neighbourhood=not spot_store)
         fsettings = {"patch_size_px": sizes_by_sample, "per_cell_fit": per_cell_fit,
                      "names": names, "n_cells": n, **fp}
         start_feat, fresh = 0, True

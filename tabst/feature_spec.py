@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import copy
 
-import numpy as np
-
 from .errors import TabstError
+from .spots import is_spot_store
 
 DEFAULT_FEATURE_SET = {
     "embedding": {"name": "auto", "pca": 64, "standardize": False},
@@ -84,20 +83,6 @@ def _check_type(value, key: str, types, words: str) -> None:
     types = types if isinstance(types, tuple) else (types,)
     if (isinstance(value, bool) and bool not in types) or not isinstance(value, types):
         raise TabstError(f"feature set: key '{key}' must be {words}, got {value!r}.")
-
-
-def is_spot_store(f) -> bool:
-    """Whether a store holds spots (Visium, ST, HEST-1k) rather than cells: some
-    ``/images/<sample>`` has a finite ``spot_diameter_px`` (spot ingests record it; cell
-    ingests leave NaN)."""
-    for g in (f["images"].values() if "images" in f else []):
-        try:
-            d = float(g.attrs.get("spot_diameter_px", float("nan")))
-        except (TypeError, ValueError):
-            continue
-        if np.isfinite(d) and d > 0:
-            return True
-    return False
 
 
 def resolve_position(f, setting) -> tuple[bool, str]:

@@ -9,18 +9,17 @@ on one line, so the output can be searched with grep.
 from __future__ import annotations
 
 import json
-import math
 import os
 
 import numpy as np
 
+from .spots import diameters as spot_diameters
+from .spots import is_spot_store
 from .store import attrs_dict, open_store, read_strings, walk
 
 _LONG = 160  # attr values longer than this are abbreviated on a terminal
 _MAX_SAMPLES = 24  # samples listed by name in the summary (all of them are in --json)
 _MAX_UNIQUE_ROWS = 2_000_000  # text columns up to this many rows get their values counted
-#: ``platform`` values (lower case) that spot-based ingests record in the store's provenance.
-SPOT_PLATFORMS = {"st", "visium", "visium hd", "hest-1k", "hest", "spots"}
 
 
 def store_info(path) -> dict:
@@ -41,11 +40,9 @@ def store_summary(f) -> dict:
     if "cells/sample" in f:
         names, counts = np.unique(read_strings(f["cells/sample"]), return_counts=True)
         samples = {str(s): int(c) for s, c in zip(names, counts)}
-    diam = [_num(f[f"images/{s}"].attrs.get("spot_diameter_px"))
-            for s in samples if f"images/{s}" in f]
-    diam = [d for d in diam if d]
     platform = str(prov.get("platform") or prov.get("ingest") or "")
-    spots = platform.lower() in SPOT_PLATFORMS if platform else bool(diam)
+    spots = is_spot_store(f)
+    diam = spot_diameters({s: f[f"images/{s}"] for s in samples if f"images/{s}" in f})
     X = f["expression/X"] if "expression/X" in f else None
     return {
         "file_bytes": os.path.getsize(f.filename) if os.path.exists(f.filename) else None,
@@ -53,7 +50,7 @@ def store_summary(f) -> dict:
         "platform": platform, "unit": "spots" if spots else "cells",
         "n_rows": int(f["cells/cell_id"].shape[0]) if "cells/cell_id" in f else 0,
         "samples": samples,
-        "spot_diameter_px": float(np.median(diam)) if diam else None,
+        "spot_diameter_px": float(np.median(list(diam.values()))) if diam else None,
         "n_genes": int(f["expression/genes"].shape[0]) if "expression/genes" in f else 0,
         "transform": str(X.attrs.get("transform", X.attrs.get("unit", ""))) if X is not None
         else "",
@@ -73,14 +70,6 @@ def _json(v) -> dict:
         except ValueError:
             return {}
     return v if isinstance(v, dict) else {}
-
-
-def _num(v) -> float | None:
-    try:
-        v = float(v)
-    except (TypeError, ValueError):
-        return None
-    return v if math.isfinite(v) and v > 0 else None
 
 
 def _column(ds) -> str:

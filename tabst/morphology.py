@@ -50,12 +50,14 @@ def neighbourhood_names(radius_px: float = DEFAULT_RADIUS_PX, radius_um: float =
 
 
 def feature_layout(with_mask: bool, with_um: bool = True, radius_px=DEFAULT_RADIUS_PX,
-                   radius_um=DEFAULT_RADIUS_UM, k=DEFAULT_K):
+                   radius_um=DEFAULT_RADIUS_UM, k=DEFAULT_K, neighbourhood: bool = True):
     """``(names, groups, units, neighbourhood_columns)`` of the feature columns in order.
 
     Mask columns only when some sample has a nucleus mask, µm columns only when some sample
-    has a pixel size (a column that is NaN for every cell helps no model).
-    ``neighbourhood_columns`` indexes the columns of :func:`neighbourhood_features` kept.
+    has a pixel size (a column that is NaN for every cell helps no model), no neighbourhood
+    columns with ``neighbourhood=False`` (spot stores: on a regular spot grid the density
+    only marks the tissue edge). ``neighbourhood_columns`` indexes the columns of
+    :func:`neighbourhood_features` kept.
     """
     names, groups, units = [], [], []
     if with_mask:
@@ -65,7 +67,7 @@ def feature_layout(with_mask: bool, with_um: bool = True, radius_px=DEFAULT_RADI
     names += STAIN_FEATURES
     groups += ["stain"] * len(STAIN_FEATURES)
     units += ["optical density"] * len(STAIN_FEATURES)
-    cols = [0, 1, 2, 3] if with_um else [0, 2]
+    cols = ([0, 1, 2, 3] if with_um else [0, 2]) if neighbourhood else []
     nn = neighbourhood_names(radius_px, radius_um, k)
     nu = ["cells / 10^4 px^2", "cells / 10^4 um^2", "px", "um"]
     names += [nn[c] for c in cols]

@@ -91,15 +91,17 @@ def resize_patch(patch: np.ndarray, size: int) -> np.ndarray:
 
 
 def parse_patch_size(value) -> int | str:
-    """``32`` / ``"32"`` -> 32; ``"spot"`` -> ``"spot"`` (the sample's spot diameter)."""
+    """``32`` / ``"32"`` -> 32; ``"spot"`` -> ``"spot"`` (the sample's spot diameter);
+    ``"auto"`` -> ``"auto"`` (resolved by ``tabst embed``: spot on spot stores, else 32)."""
     if isinstance(value, str):
         v = value.strip().lower()
-        if v == "spot":
-            return "spot"
+        if v in ("spot", "auto"):
+            return v
         try:
             value = int(v)
         except ValueError:
-            raise TabstError(f"--patch-size must be a number of pixels or 'spot', got {value!r}") \
+            raise TabstError(f"--patch-size must be a number of pixels, 'spot' or 'auto', got "
+                             f"{value!r}") \
                 from None
     value = int(value)
     if value < 1:

@@ -37,10 +37,10 @@ def resolve_embedding(f, cfg: dict) -> str | None:
         return complete[0] if complete else None
     embs = complete
     e = cfg.get("embed") or {}
-    match = [n for n in embs
+    match = [n for n in embs  # patch sizes compared as text: "spot" or a number of px
              if str(f["embeddings"][n].attrs.get("layer", "")) == str(e.get("layer"))
-             and int(f["embeddings"][n].attrs.get("patch_size", -1))
-             == int(e.get("patch_size", -2))]
+             and str(f["embeddings"][n].attrs.get("patch_size", "")).strip()
+             == str(e.get("patch_size", "")).strip()]
     if len(match) == 1:
         return match[0]
     raise StoreError(f"{f.filename}: several embeddings ({', '.join(embs)}) and the config does "

@@ -312,3 +312,36 @@ def test_cli_embed(tmp_path):
     assert r.exit_code == 1 and "spot diameter" in r.output
     r = CliRunner().invoke(app, ["embed", str(tmp_path / "none.h5"), "--weights", "random"])
     assert r.exit_code == 1 and "no such store" in r.output
+
+
+def test_spot_store_defaults_patch_to_the_spot_resized_to_the_median_without_density(tmp_path):
+    """patch_size auto = spot on a spot store; sections whose spot sizes differ by a pixel or
+    two are resized to the median; no neighbourhood density on the regular spot grid. A
+    cell store keeps 32 px and the neighbourhood features."""
+    import h5py
+    from conftest import write_tiny_store
+
+    from tabst.embed import embed_store
+
+    spot = write_tiny_store(tmp_path / "spot" / "s.h5", n_samples=3, cells_per_sample=6,
+                            image_size=64, with_embedding=False, with_features=False)
+    with h5py.File(spot, "r+") as f:
+        for s, d in zip(("S0", "S1", "S2"), (11.2, 12.0, 13.4)):
+            f[f"images/{s}"].attrs["spot_diameter_px"] = d
+    name = embed_store(spot, encoder="resnet18", weights="random", batch_size=8,
+                       show_progress=False)
+    with h5py.File(spot) as f:
+        a = f[f"embeddings/{name}"].attrs
+        assert str(a["patch_size"]) == "spot" and int(a["resize"]) == 12
+        assert json.loads(a["patch_size_px"]) == {"S0": 11, "S1": 12, "S2": 13}
+        names = [str(n) for n in f["features/morphology"].attrs["names"]]
+        assert names and not any(n.startswith(("density", "knn")) for n in names)
+        assert np.isfinite(f[f"embeddings/{name}"][()]).all()
+    cells = write_tiny_store(tmp_path / "cell" / "c.h5", n_samples=2, cells_per_sample=6,
+                             image_size=64, with_embedding=False, with_features=False)
+    name = embed_store(cells, encoder="resnet18", weights="random", batch_size=8,
+                       show_progress=False)
+    with h5py.File(cells) as f:
+        assert int(f[f"embeddings/{name}"].attrs["patch_size"]) == 32
+        names = [str(n) for n in f["features/morphology"].attrs["names"]]
+        assert any(n.startswith("density") for n in names)

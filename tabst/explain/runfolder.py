@@ -12,10 +12,11 @@ import numpy as np
 
 from ..errors import TabstError
 from ..safeio import check_legacy_file
+from ..spots import diameters as spot_diameters
+from ..spots import is_spot_store
 
 SKIP_MODELS = ("mean",)  # constant baseline: all attributions are 0
 #: ``platform`` values the spot ingests (st, visium, hest) record in the store's provenance.
-SPOT_PLATFORMS = ("ST", "Visium", "HEST-1k", "spots")
 #: Gallery patch size when neither the embedding nor the store gives one (cell-level stores).
 FALLBACK_PATCH_PX = 64
 
@@ -293,35 +294,10 @@ def check_store(run: Run, f, given: bool = True) -> None:
 # --------------------------------------------------------------------------------------------
 # cells or spots; patch size per sample
 # --------------------------------------------------------------------------------------------
-def _spot_diameters(f) -> dict:
-    """``{sample: spot_diameter_px}`` of the store's samples that have a finite one."""
-    out = {}
-    for s, g in (f["images"].items() if "images" in f else []):
-        d = g.attrs.get("spot_diameter_px", float("nan"))
-        try:
-            d = float(d)
-        except (TypeError, ValueError):
-            continue
-        if np.isfinite(d) and d > 0:
-            out[str(s)] = d
-    return out
-
-
 def store_unit(f) -> str:
-    """``"spot"`` when the store holds spots, else ``"cell"``.
-
-    A store is spot-based when its provenance names a spot platform (``tabst ingest st`` /
-    ``visium`` / ``hest`` record ``platform``) or every sample's ``/images/<sample>`` has a
-    finite ``spot_diameter_px`` (cell-level ingests write NaN).
-    """
-    try:
-        prov = json.loads(f.attrs.get("provenance", "") or "{}")
-    except (TypeError, ValueError):
-        prov = {}
-    if isinstance(prov, dict) and str(prov.get("platform", "")) in SPOT_PLATFORMS:
-        return "spot"
-    n = len(f["images"]) if "images" in f else 0
-    return "spot" if n and len(_spot_diameters(f)) == n else "cell"
+    """``"spot"`` when the store holds spots (:func:`tabst.spots.is_spot_store`), else
+    ``"cell"``."""
+    return "spot" if is_spot_store(f) else "cell"
 
 
 def patch_sizes(run: Run, f, samples) -> tuple[str, dict]:
@@ -341,7 +317,7 @@ def patch_sizes(run: Run, f, samples) -> tuple[str, dict]:
         except ValueError:
             px = {}
     px = px if isinstance(px, dict) else {}
-    diam = _spot_diameters(f)
+    diam = spot_diameters(f["images"] if "images" in f else {})
     out = {}
     for s in samples:
         s = str(s)

@@ -7,7 +7,7 @@ import math
 import re
 from pathlib import Path
 
-from ..info import SPOT_PLATFORMS
+from ..spots import is_spot_platform
 from .common import fmt
 
 
@@ -47,7 +47,7 @@ def is_spot_run(run: dict, spot_diameter_px: float | None = None) -> bool:
     store = run.get("store") or {}
     platform = str(store.get("platform") or _provenance(run).get("platform") or "").lower()
     if platform:
-        return platform in SPOT_PLATFORMS
+        return is_spot_platform(platform)
     return bool(spot_diameter_px)
 
 
