@@ -349,9 +349,9 @@ def test_run_explain_outputs(tiny_run, explained):
         assert "mask_aggregate" in f["tabnet"] and "mask_steps" in f["tabnet"]
         # a model whose integrated-gradients correction is large is kept out of the charts
         hidden = json.loads(f.attrs["hidden_from_charts"])
-        assert set(hidden) == {m for m in f if f[m].attrs["ig_max_residual"] > IG_RESIDUAL_LIMIT}
-        assert np.isfinite(f["tabnet"].attrs["ig_max_residual"])
-        assert all(np.isnan(f[m].attrs["ig_max_residual"]) for m in ("ridge", "tree", "xgboost"))
+        assert set(hidden) == {m for m in f if f[m].attrs["ig_total_residual"] > IG_RESIDUAL_LIMIT}
+        assert np.isfinite(f["tabnet"].attrs["ig_total_residual"])
+        assert all(np.isnan(f[m].attrs["ig_total_residual"]) for m in ("ridge", "tree", "xgboost"))
         # per-fold shares of every model: 3 folds, columns sum to 1
         for m in f:
             assert f[m]["fold_share"].shape == (3, 2)

@@ -341,7 +341,7 @@ def write_attributions(path, results: Sequence[ModelAttributions], *, attrs: dic
                 g.attrs["method"] = r.method
                 g.attrs["source"] = r.source
                 g.attrs["max_additivity_error"] = float(r.max_additivity_error)
-                g.attrs["ig_max_residual"] = float(r.ig_residual)
+                g.attrs["ig_total_residual"] = float(r.ig_residual)
                 fields = {
                     "cell_id": np.asarray(r.cell_id, dtype=object),
                     "sample": np.asarray(r.sample, dtype=object),
@@ -408,6 +408,7 @@ def read_attributions(path, models: Sequence[str] | None = None) -> dict:
                 max_additivity_error=float(g.attrs.get("max_additivity_error", 0.0)),
                 mask_aggregate=opt("mask_aggregate"), mask_steps=opt("mask_steps"),
                 inputs=opt("inputs"),
-                ig_residual=float(g.attrs.get("ig_max_residual", float("nan"))),
+                ig_residual=float(g.attrs.get("ig_total_residual",
+                                              g.attrs.get("ig_max_residual", float("nan")))),
                 tissue=read_strings(g["tissue"]) if "tissue" in g else None)
     return out

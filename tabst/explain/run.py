@@ -201,8 +201,8 @@ def explain_run(run_dir, *, genes: Sequence[str] | None = None, top_genes: int =
                         method=method, source=f"models/{m}/" + ("all" if refit else "fold_<k>"),
                         max_additivity_error=err, inputs=X,
                         tissue=None if tissue_all is None else tissue_all[rows])
-                    if hasattr(model, "ig_max_residual_"):
-                        res.ig_residual = float(model.ig_max_residual_)
+                    if hasattr(model, "ig_total_residual_"):
+                        res.ig_residual = float(model.ig_total_residual_)
                     mk = tabnet_masks(model, X) if hasattr(model, "masks") else None
                     if mk is not None:
                         res.mask_aggregate, res.mask_steps = mk
@@ -212,8 +212,8 @@ def explain_run(run_dir, *, genes: Sequence[str] | None = None, top_genes: int =
     results = {m: concat(parts[m]) for m in models}
     hidden = residual_notes(results)
     if hidden and len(hidden) == len(models):  # nothing else to show: show it, with the caveat
-        warn += [f"{m} is shown although its integrated-gradients correction is large (up to "
-                 f"{results[m].ig_residual:.3g} x |f(x) - f(baseline)|, limit "
+        warn += [f"{m} is shown although its integrated-gradients correction is large "
+                 f"({results[m].ig_residual:.3g} of the total |f(x) - f(baseline)|, limit "
                  f"{IG_RESIDUAL_LIMIT:g}): no other model was explained; read its charts with "
                  "care." for m in hidden]
         hidden = {}

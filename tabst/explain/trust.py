@@ -14,8 +14,10 @@ it, so a reader can tell a large fold from a fold whose model attributes much mo
 Integrated-gradients residual
 -----------------------------
 Models explained by integrated gradients (TabNet) make their attributions additive with a
-completeness correction; the model reports the largest residual it corrected, relative to
-``|f(x) − f(baseline)|`` (``ig_max_residual_``). Above :data:`IG_RESIDUAL_LIMIT` the correction,
+completeness correction; the model reports the residual it corrected, summed over rows and
+outputs, as a share of the summed ``|f(x) − f(baseline)|`` (``ig_total_residual_``; the
+per-row maximum is dominated by rows with almost no change). Above :data:`IG_RESIDUAL_LIMIT`
+the correction,
 not the gradients, sets a visible part of the attributions, so the model is kept out of the
 headline charts (per-gene panels, group bars, cross-gene heatmaps); it stays in the models table
 and in ``attributions.h5``. Exact methods (linear SHAP, TreeSHAP, XGBoost ``pred_contribs``)
@@ -45,8 +47,8 @@ def dominance_rule(unit: str = "cell") -> str:
 
 
 RESIDUAL_RULE = (f"a model explained by integrated gradients is left out of the headline charts "
-                 f"when its largest residual before the completeness correction exceeds "
-                 f"{IG_RESIDUAL_LIMIT:g} x |f(x) - f(baseline)|")
+                 f"when the residual its completeness correction fills in, summed over rows and "
+                 f"outputs, exceeds {IG_RESIDUAL_LIMIT:g} of the summed |f(x) - f(baseline)|")
 
 
 def fold_shares(values: np.ndarray, fold: np.ndarray):
@@ -104,13 +106,13 @@ def residual_notes(results: dict) -> dict:
         if not np.isfinite(r.ig_residual):
             continue
         big = residual_too_large(r.ig_residual)
-        r.method += (f" (largest integrated-gradients residual before the correction: "
-                     f"{r.ig_residual:.3g} x |f(x) - f(baseline)|"
+        r.method += (f" (integrated-gradients residual before the correction: "
+                     f"{r.ig_residual:.3g} of the total |f(x) - f(baseline)|"
                      + ("; large: the correction dominates)" if big else ")"))
         if big:
             hidden[m] = (f"{m} is left out of the per-gene panels, group bars and cross-gene "
-                         f"heatmaps: its integrated-gradients completeness correction was up to "
-                         f"{r.ig_residual:.3g} x |f(x) - f(baseline)| (limit "
+                         f"heatmaps: its integrated-gradients completeness correction supplied "
+                         f"{r.ig_residual:.3g} of the total |f(x) - f(baseline)| (limit "
                          f"{IG_RESIDUAL_LIMIT:g}), so the correction, not the gradients, sets "
                          "part of its attributions. Its numbers stay in attributions.h5.")
     return hidden

@@ -53,9 +53,11 @@ class TabNetModel(TabstModel):
     correction that makes the attributions additive by construction: the residual
     ``f(x) − f(baseline) − Σ_f IG_f`` of each row and code is spread over the features in
     proportion to ``|IG_f|``. The base value is ``f(baseline)``. The largest residual relative
-    to ``|f(x) − f(baseline)|`` before correction is stored in ``ig_max_residual_`` (small
-    values mean the correction is cosmetic). ``masks(X)`` returns TabNet's own attention masks:
-    (aggregate [n, F], per-step list of [n, F]) — shared by all outputs, one mask per row.
+    to ``|f(x) − f(baseline)|`` before correction is stored in ``ig_max_residual_``, and
+    ``ig_total_residual_`` = Σ|residual| / Σ|f(x) − f(baseline)| over rows and codes (small
+    values mean the correction is cosmetic; explain's charts use the total). ``masks(X)``
+    returns TabNet's own attention masks: (aggregate [n, F], per-step list of [n, F]) — shared
+    by all outputs, one mask per row.
     """
 
     name = "tabnet"
@@ -204,7 +206,7 @@ class TabNetModel(TabstModel):
                           from_unsupervised=pretrainer, compute_importance=False,
                           callbacks=[_Bar(bar, task)])
         self.history_ = [float(v) for v in self.net_.history.history.get("val_mse", [])]
-        self.ig_max_residual_ = float("nan")
+        self.ig_max_residual_ = self.ig_total_residual_ = float("nan")
         if self.device_ == "cuda":
             self.peak_gpu_mem_mb_ = torch.cuda.max_memory_allocated() / 2 ** 20
 
@@ -253,6 +255,10 @@ class TabNetModel(TabstModel):
         resid = target - ig.sum(axis=1)
         scale = np.maximum(np.abs(target), 1e-6 * max(1.0, float(np.abs(target).max(initial=0))))
         self.ig_max_residual_ = float(np.max(np.abs(resid) / scale, initial=0.0))
+        # the share of the whole change the correction supplies (rows with a tiny change, which
+        # dominate the max, weigh by their size here)
+        self.ig_total_residual_ = float(np.abs(resid).sum() / max(float(np.abs(target).sum()),
+                                                                  1e-12))
         w = np.abs(ig)
         wsum = w.sum(axis=1, keepdims=True)
         w = np.where(wsum > 0, w / np.where(wsum > 0, wsum, 1.0), 1.0 / F)
@@ -285,7 +291,7 @@ class TabNetModel(TabstModel):
         self.virtual_batch_size_ = meta["virtual_batch_size"]
         self.history_ = meta["history"]
         self.pretrain_history_ = meta["pretrain_history"]
-        self.ig_max_residual_ = float("nan")
+        self.ig_max_residual_ = self.ig_total_residual_ = float("nan")
         self.device_ = resolve_device(self.params["device"])
 
     def _save_files(self, path: Path):
