@@ -224,7 +224,10 @@ def _compare_in(f, cfg, tmp: Path, REGISTRY, FeatureBuilder, load_targets, rows_
     def ycols(sel):  # columns of Y holding the store columns ``sel``
         return np.searchsorted(load_cols, sel)
     names = list(cfg["models"])
-    fit_groups = groups if groups is not None else samples
+    # inside a fit (ridge's CV, early-stopping splits, max_train_cells_per_group) rows are
+    # grouped by sample even when the folds are by patient: a training fold may hold a single
+    # patient, and inner splits by sample stay leak-free within it
+    fit_groups = samples
 
     (tmp / "features").mkdir()
     (tmp / "models").mkdir()
@@ -289,9 +292,9 @@ def _compare_in(f, cfg, tmp: Path, REGISTRY, FeatureBuilder, load_targets, rows_
             pg.attrs["description"] = ("predictions [cells, genes of this fold], one dataset per "
                                        "model")
             if fold is folds[0] and cost.wanted(cfg, max(len(fd.train) for fd in folds)):
-                estimate = cost.estimate_compare(cfg, names, REGISTRY, Xtr, Ytr, fit_groups, folds, fold,
-                                     dict(feature_names=fnames, feature_groups=fgroups,
-                                          target_names=genes_k), t_build)
+                fit_kw = dict(feature_names=fnames, feature_groups=fgroups, target_names=genes_k)
+                estimate = cost.estimate_compare(cfg, names, REGISTRY, Xtr, Ytr, fit_groups,
+                                                 folds, fold, fit_kw, t_build)
             for name in names:
                 if pbar:
                     p.update(task, description=f"fold {fold.k + 1}/{len(folds)} · {name}")
@@ -306,7 +309,8 @@ def _compare_in(f, cfg, tmp: Path, REGISTRY, FeatureBuilder, load_targets, rows_
                               feature_groups=fgroups, target_names=genes_k)
                     t1 = time.perf_counter()
                     P = np.asarray(model.predict(Xte), dtype=np.float32)
-                    if clip:  # scored as `tabst predict` writes them
+                    if clip and model.expression_scale:  # scored as `tabst predict` writes
+                        rec["n_clipped"] = int((P < 0).sum())
                         np.maximum(P, 0, out=P)
                     predict_s = time.perf_counter() - t1
                     if P.shape != Yte.shape:
@@ -420,7 +424,23 @@ def _compare_in(f, cfg, tmp: Path, REGISTRY, FeatureBuilder, load_targets, rows_
             "n_failed": int((lb["status"] != "ok").sum()),
             "ranked_by": str(lb["ranked_by"].iloc[0]),
             "leaderboard_notes": [f"WARNING: {w}" for w in warns]
-            + leaderboard_notes(lb, pf, cfg["primary_metric"])}
+            + leaderboard_notes(lb, pf, cfg["primary_metric"]) + _fit_notes(pf, clip)}
+
+
+def _fit_notes(pf, clip: bool) -> list[str]:
+    """Leaderboard notes on how the numbers were made: subsampled fits, clipping."""
+    notes = []
+    if "n_fit" in pf:
+        ok = pf[(pf["status"] == "ok") & (pf["n_fit"] < pf["n_train"])]
+        for m, grp in ok.groupby("model", sort=False):
+            notes.append(f"{m} was fitted on {int(grp['n_fit'].median()):,} of "
+                         f"{int(grp['n_train'].median()):,} training rows per fold (median; "
+                         "max_train_cells_per_group); the other models on every row.")
+    n = int(pf["n_clipped"].fillna(0).sum()) if clip and "n_clipped" in pf else 0
+    if n:
+        notes.append(f"{n:,} negative predictions were clipped at 0 before scoring, as `tabst "
+                     "predict` writes them (clip_predictions; n_clipped in per_fold.csv).")
+    return notes
 
 
 class _Null:

@@ -4,9 +4,10 @@ Each model states its cost model (:meth:`tabst.models.base.TabstModel.cost_units
 features x outputs, times rounds for XGBoost, epochs for TabNet, ...). Before the first fold is
 fitted, every model is fitted twice on small slices of that fold's training rows (with the
 model's :meth:`~tabst.models.base.TabstModel.calibration_params`: a few rounds / epochs) and the
-seconds are fitted as ``a + b * units``; each fold's fit and the refit are then estimated from
-their own row counts (after ``max_train_cells_per_group``). Early stopping can only make a fit
-shorter than its estimate.
+seconds are fitted as ``a + b * units`` (units of the rows each fit used); each fold's fit and
+the refit are then estimated from their own row counts (after ``max_train_cells_per_group``).
+XGBoost, which stops early, is also fitted once with its real settings on the larger slice and
+its estimate counts the rounds that fit ran; TabNet's early stopping can only make it shorter.
 
 ``estimate: auto`` calibrates when some fold trains on at least :data:`CALIBRATE_MIN_ROWS` rows
 (below that the whole run takes about as long as the calibration), or whenever ``max_hours``
@@ -38,6 +39,7 @@ class RunEstimate:
     features_seconds: float = 0.0
     n_folds: int = 0
     calibration_seconds: float = 0.0
+    refit: bool = True
 
     def model_total(self, name: str) -> float:
         m = self.models[name]
@@ -45,7 +47,7 @@ class RunEstimate:
 
     @property
     def total_seconds(self) -> float:
-        n_builds = self.n_folds + 1
+        n_builds = self.n_folds + int(self.refit)
         return sum(self.model_total(m) for m in self.models) + self.features_seconds * n_builds
 
     def to_dict(self) -> dict:
@@ -101,7 +103,8 @@ def calibrate(make, name: str, X, Y, groups, fit_kwargs: dict) -> tuple[float, f
         model = make(name, model.calibration_params())
         model.fit(X[rows], Y[rows], groups=None if groups is None else groups[rows],
                   **fit_kwargs)
-        points.append((model.cost_units(m, F, G), float(model.fit_seconds_)))
+        points.append((model.cost_units(int(model.n_fit_rows_), F, G),
+                       float(model.fit_seconds_)))
     if len(points) == 1 or points[1][0] <= points[0][0]:
         u, t = points[-1]
         return 0.0, t / max(u, 1e-12)
@@ -118,16 +121,17 @@ def estimate_run(make, names, X, Y, groups, fold_groups: list, all_groups, fit_k
     """Calibrate every model on fold 0's ``X, Y`` and estimate each fold (training groups
     ``fold_groups[k]``) and the refit on ``all_groups``."""
     t0 = time.perf_counter()
-    est = RunEstimate(features_seconds=float(features_seconds), n_folds=len(fold_groups))
+    est = RunEstimate(features_seconds=float(features_seconds), n_folds=len(fold_groups),
+                      refit=bool(refit))
     F, G = X.shape[1], Y.shape[1]
     for name in names:
         try:
             a, b = calibrate(make, name, X, Y, groups, fit_kwargs)
+            full = make(name, probe(make, name, X, Y, groups, fit_kwargs))
         except Exception as e:  # a model that cannot fit fails in the run itself, said there
             est.models[name] = {"folds": [0.0] * len(fold_groups), "refit": 0.0,
                                 "error": f"{type(e).__name__}: {e}"}
             continue
-        full = make(name, probe(make, name, X, Y, groups, fit_kwargs))
         secs = [a + b * full.cost_units(fit_rows(full, g), F, G)
                 for g in [*fold_groups, all_groups]]
         est.models[name] = {"folds": [round(t, 3) for t in secs[:-1]],
@@ -178,7 +182,8 @@ def describe(est: RunEstimate) -> str:
                      f" x {len(m['folds'])} folds"
                      + (f" + refit {hours(m['refit'])}" if m["refit"] else "")
                      + f" = {hours(est.model_total(name))}")
-    lines.append(f"  features: {hours(est.features_seconds)} per build x {est.n_folds + 1}")
+    lines.append(f"  features: {hours(est.features_seconds)} per build x "
+                 f"{est.n_folds + int(est.refit)}")
     lines.append(f"  whole run: about {hours(est.total_seconds)}")
     return "\n".join(lines)
 

@@ -404,6 +404,11 @@ def predict_submission(run, store, out, *, group: str = "validation,test",
                 except BaseException:
                     tmp.unlink(missing_ok=True)
                     raise
+    info, _ = _load_run(run)
+    if info.get("clipped_at_zero") is False or not getattr(m, "expression_scale", True):
+        notes.append(f"the run scored {name}'s predictions unclipped; the submission clips "
+                     f"{writer.n_clipped:,} negative values at 0, as the scorer requires, so its "
+                     "MSE can differ from the leaderboard's")
     if writer.n_nan_embedding:
         notes.append(f"WARNING: {writer.n_nan_embedding:,} of {len(rows):,} cells have NaN in the "
                      f"embedding '{fb.embedding_name_}' and were predicted from imputed "

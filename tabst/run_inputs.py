@@ -9,7 +9,8 @@ from .errors import StoreError
 from .store import read_strings
 
 #: /cells/group values that name a train/validation/test split (Crunch, tables), not patients
-SPLIT_WORDS = {"train", "training", "val", "valid", "validation", "test", "testing"}
+SPLIT_WORDS = {"train", "training", "val", "valid", "validation", "test", "testing", "holdout",
+               "heldout", "held-out", "dev", "calibration", "public", "private"}
 #: ingest option that writes each /expression/X transform (for the expect_transform warning)
 TRANSFORM_FLAGS = {"log1p(count)": "--normalize log1p",
                    "log1p(count/total*10000)": "--normalize cp10k",
@@ -110,7 +111,7 @@ def _not_patients(name: str, g: np.ndarray, samples: np.ndarray) -> str | None:
     values = sorted(set(g.tolist()))
     if any(not v.strip() for v in values):
         return f"some rows have an empty /cells/{name}"
-    if {v.lower() for v in values} <= SPLIT_WORDS:
+    if {v.lower() for v in values} & SPLIT_WORDS:  # any split word: a split, not patients
         return f"/cells/{name} holds split labels ({', '.join(values)}), not patients"
     if len(values) < 2:
         return f"/cells/{name} is {values[0]!r} for every row: nothing to fold by"

@@ -40,6 +40,7 @@ class _Linear:
         return n * self.rounds
 
     def fit(self, X, Y, groups=None, **kw):
+        self.n_fit_rows_ = len(X)
         self.fit_seconds_ = 0.5 + 2e-3 * self.cost_units(len(X), 0, 0)
         return self
 

@@ -280,6 +280,19 @@ def test_fold_shares_and_dominance_flag():
     r = _folds_ma([0.0, 0.0, 0.0])                          # a constant model: no mass, no flag
     _, shares, _ = fold_shares(r.values, r.fold)
     assert np.isnan(shares).all() and dominant_fold(shares) == [None, None]
+    # a fold with most of the cells but the same mass per cell is not flagged for its size
+    parts = [_ma("m", ["e1", "x_norm"], ["embedding", "position"], n=n, seed=0, fold=j)
+             for j, n in enumerate([12, 2, 2])]
+    for q in parts:
+        q.values = np.ones_like(q.values)
+    r = concat(parts)
+    _, shares, cells = fold_shares(r.values, r.fold)
+    assert cells.tolist() == [12, 2, 2] and (shares[0] > DOMINANCE_SHARE).all()
+    assert dominant_fold(shares, cells) == [None, None]
+    assert dominant_fold(shares) == [0, 0]                   # the raw share alone would flag it
+    big = _folds_ma([1.0, 1.0, 40.0], cells_per_fold=2)
+    _, shares, cells = fold_shares(big.values, big.fold)
+    assert dominant_fold(shares, cells) == [2, 2]
 
 
 def test_fold_dominance_in_h5_and_report(tmp_path):

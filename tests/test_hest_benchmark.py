@@ -189,7 +189,19 @@ def test_group_auto_prefers_patient_and_skips_a_split_group(tmp_path):
         del f["cells/patient"]
     with h5py.File(store, "r") as f:
         col, why = resolve_group_column(f, {"group_column": "auto"}, np.arange(300), samples)
-    assert col is None and "sample 'S0' in both 'P9' and 'train'" in why
+    assert col is None and "holds split labels (P9, train)" in why
+    with h5py.File(store, "a") as f:  # one sample in two groups, no split word: still refused
+        g = np.asarray(["PA"] * 300, dtype=object)
+        g[:10] = "P9"
+        f["cells/group"][...] = g
+    with h5py.File(store, "r") as f:
+        col, why = resolve_group_column(f, {"group_column": "auto"}, np.arange(300), samples)
+    assert col is None and "sample 'S0' in both 'P9' and 'PA'" in why
+    with h5py.File(store, "a") as f:  # a per-sample split with any split word is a split
+        f["cells/group"][...] = np.where(samples == "S0", "holdout", "P1").astype(object)
+    with h5py.File(store, "r") as f:
+        col, why = resolve_group_column(f, {"group_column": "auto"}, np.arange(300), samples)
+    assert col is None and "split labels" in why
 
 
 def test_every_preset_folds_by_group_auto():

@@ -371,7 +371,7 @@ def write_attributions(path, results: Sequence[ModelAttributions], *, attrs: dic
 def _fold_fields(r: ModelAttributions) -> dict:
     """The per-fold share datasets of one model (see :func:`.trust.fold_shares`)."""
     folds, shares, cells = fold_shares(r.values, r.fold)
-    dom = dominant_fold(shares)
+    dom = dominant_fold(shares, cells)
     return {"fold_ids": np.asarray(folds, dtype=np.int32), "fold_cells": cells,
             "fold_share": shares,
             "dominant_fold": np.asarray([-1 if d is None else folds[d] for d in dom],

@@ -16,7 +16,8 @@ Integrated-gradients residual
 Models explained by integrated gradients (TabNet) make their attributions additive with a
 completeness correction; the model reports the residual it corrected, summed over rows and
 outputs, as a share of the summed ``|f(x) − f(baseline)|`` (``ig_total_residual_``; the
-per-row maximum is dominated by rows with almost no change). Above :data:`IG_RESIDUAL_LIMIT`
+per-row maximum is dominated by rows with almost no change; over several fold models, the
+worst fold's). Above :data:`IG_RESIDUAL_LIMIT`
 the correction,
 not the gradients, sets a visible part of the attributions, so the model is kept out of the
 headline charts (per-gene panels, group bars, cross-gene heatmaps); it stays in the models table
@@ -41,9 +42,11 @@ IG_RESIDUAL_LIMIT = 0.1
 
 def dominance_rule(unit: str = "cell") -> str:
     """The fold-dominance rule in words (``unit``: what a row is, cell or spot)."""
-    return (f"a fold dominates a gene when the run has >= {DOMINANCE_MIN_FOLDS} folds and the "
-            f"fold's held-out {unit}s hold more than {DOMINANCE_SHARE:.0%} of the gene's total "
-            f"|attribution| mass (sum over {unit}s and features of |values|)")
+    return (f"a fold dominates a gene when the run has >= {DOMINANCE_MIN_FOLDS} folds and, per "
+            f"explained {unit}, the fold's held-out {unit}s carry more than "
+            f"{DOMINANCE_SHARE:.0%} of the gene's |attribution| mass (sum over features of "
+            f"|values|, averaged over each fold's {unit}s, so a fold is not flagged for its "
+            "size)")
 
 
 RESIDUAL_RULE = (f"a model explained by integrated gradients is left out of the headline charts "
@@ -74,10 +77,23 @@ def fold_shares(values: np.ndarray, fold: np.ndarray):
     return [int(k) for k in folds], shares, cells
 
 
-def dominant_fold(shares: np.ndarray, n_folds: int | None = None) -> list:
-    """Per gene (column of ``shares [k, g]``), the index into the folds of the dominating fold
-    (see :func:`dominance_rule`), or None."""
+def per_cell_shares(shares: np.ndarray, cells) -> np.ndarray:
+    """``shares [k, g]`` divided by each fold's explained cells and renormalised: the share of
+    the mass *per cell*, so that a fold is not "dominant" for holding most of the cells."""
     shares = np.asarray(shares, dtype=np.float64)
+    cells = np.asarray(cells, dtype=np.float64).reshape(-1, 1)
+    w = np.divide(shares, cells, out=np.zeros_like(shares), where=cells > 0)
+    tot = w.sum(axis=0, keepdims=True)
+    return np.divide(w, tot, out=np.full_like(w, np.nan), where=tot > 0)
+
+
+def dominant_fold(shares: np.ndarray, cells=None, n_folds: int | None = None) -> list:
+    """Per gene (column of ``shares [k, g]``), the index into the folds of the dominating fold
+    (see :func:`dominance_rule`), or None. With ``cells`` (explained cells per fold) the
+    shares are first taken per cell (:func:`per_cell_shares`)."""
+    shares = np.asarray(shares, dtype=np.float64)
+    if cells is not None:
+        shares = per_cell_shares(shares, cells)
     k = shares.shape[0] if n_folds is None else int(n_folds)
     out = []
     for j in range(shares.shape[1]):
@@ -135,7 +151,7 @@ def fold_table(results: dict, gene: str, fold_samples: dict, unit: str = "cell")
         if len(folds) < 2 or not np.isfinite(shares).all():
             continue
         models.append(name)
-        dom = dominant_fold(shares)[0]
+        dom = dominant_fold(shares, cells)[0]
         cols[name] = (folds, shares[:, 0], cells, dom)
         folds_all = folds_all or folds
         if dom is not None:

@@ -185,6 +185,9 @@ class TabstModel:
     """
 
     name = "base"
+    #: Predictions on the expression's own scale (clipped at 0 with ``clip_predictions``);
+    #: False for models that predict a shifted scale (``ridge-hest``: no intercept).
+    expression_scale = True
     DEFAULTS: dict = {}
     RULES: dict = {}
     handles_nan = False
@@ -234,7 +237,8 @@ class TabstModel:
     def cost_units(self, n_rows: int, n_features: int, n_genes: int) -> float:
         """Work of one fit in units proportional to its time (rows x features x outputs here;
         iterative models multiply by rounds / epochs). :mod:`tabst.cost` fits the seconds per
-        unit on small slices; ``n_rows`` is before ``max_train_cells_per_group``."""
+        unit on small slices; ``n_rows`` are the rows the fit uses (after
+        ``max_train_cells_per_group``)."""
         return float(n_rows) * max(1, n_features) * self.n_outputs(n_genes)
 
     def calibration_params(self) -> dict:

@@ -48,6 +48,9 @@ class RidgeHestModel(TabstModel):
     """
 
     name = "ridge-hest"
+    # no intercept: predictions sit around 0, not on the expression's scale; gene-wise Pearson
+    # (HEST's metric) is blind to that, clipping at 0 would not be
+    expression_scale = False
     DEFAULTS = {"alpha": None, "max_iter": 1000, "tol": 1e-4}
     RULES = {"alpha": {"kind": "float", "low": 0, "low_open": True, "none_ok": True},
              "max_iter": {"kind": "int", "low": 1},
