@@ -2,11 +2,13 @@
 
 Each model states its cost model (:meth:`tabst.models.base.TabstModel.cost_units`: rows x
 features x outputs, times rounds for XGBoost, epochs for TabNet, ...). Before the first fold is
-fitted, every model is fitted twice on small slices of that fold's training rows (with the
+fitted, every model is fitted on growing slices of that fold's training rows (1k, 4k, 16k, ...
+until a fit takes a second, so that timer noise and fixed costs do not set the slope; with the
 model's :meth:`~tabst.models.base.TabstModel.calibration_params`: a few rounds / epochs) and the
-seconds are fitted as ``a + b * units`` (units of the rows each fit used); each fold's fit and
-the refit are then estimated from their own row counts (after ``max_train_cells_per_group``).
-XGBoost, which stops early, is also fitted once with its real settings on the larger slice and
+seconds of the last two fits are fitted as ``a + b * units`` (units of the rows each fit used);
+each fold's fit and the refit are then estimated from their own row counts (after
+``max_train_cells_per_group``). XGBoost, which stops early, is also fitted once with its real
+settings on a 4k-row slice and
 its estimate counts the rounds that fit ran; TabNet's early stopping can only make it shorter.
 
 ``estimate: auto`` calibrates when some fold trains on at least :data:`CALIBRATE_MIN_ROWS` rows
@@ -27,7 +29,9 @@ import numpy as np
 from .errors import TabstError
 
 CALIBRATE_MIN_ROWS = 20_000
-SLICES = (1_000, 4_000)  # rows of the two calibration fits (fewer when the fold is smaller)
+SLICES = (1_000, 4_000)  # first calibration slices (rows); the probe fit uses the second
+SLICE_GROWTH = 4         # later slices: x4 rows ...
+MIN_FIT_SECONDS = 1.0    # ... until a calibration fit takes this long (or the fold is used whole)
 
 
 @dataclass
@@ -95,9 +99,8 @@ def calibrate(make, name: str, X, Y, groups, fit_kwargs: dict) -> tuple[float, f
     ``X, Y``; ``make(name, overrides)`` builds the model with the run's parameters."""
     n, F = X.shape
     G = Y.shape[1]
-    sizes = sorted({min(n, s) for s in SLICES})
-    points = []
-    for m in sizes:
+    m, points = min(n, SLICES[0]), []
+    while True:  # 1k, 4k, 16k, ... rows until a fit takes MIN_FIT_SECONDS (timer noise)
         rows = _slice(n, m)
         model = make(name, {})
         model = make(name, model.calibration_params())
@@ -105,6 +108,10 @@ def calibrate(make, name: str, X, Y, groups, fit_kwargs: dict) -> tuple[float, f
                   **fit_kwargs)
         points.append((model.cost_units(int(model.n_fit_rows_), F, G),
                        float(model.fit_seconds_)))
+        if m >= n or (len(points) >= 2 and points[-1][1] >= MIN_FIT_SECONDS):
+            break
+        m = min(n, m * SLICE_GROWTH)
+    points = points[-2:]
     if len(points) == 1 or points[1][0] <= points[0][0]:
         u, t = points[-1]
         return 0.0, t / max(u, 1e-12)
