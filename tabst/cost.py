@@ -8,8 +8,8 @@ model's :meth:`~tabst.models.base.TabstModel.calibration_params`: a few rounds /
 seconds of the last two fits are fitted as ``a + b * units`` (units of the rows each fit used);
 each fold's fit and the refit are then estimated from their own row counts (after
 ``max_train_cells_per_group``). XGBoost, which stops early, is also fitted once with its real
-settings on a 4k-row slice and
-its estimate counts the rounds that fit ran; TabNet's early stopping can only make it shorter.
+settings on half its rows (at most 16k) and its estimate counts the rounds that fit ran;
+TabNet's early stopping can only make it shorter.
 
 ``estimate: auto`` calibrates when some fold trains on at least :data:`CALIBRATE_MIN_ROWS` rows
 (below that the whole run takes about as long as the calibration), or whenever ``max_hours``
@@ -32,6 +32,7 @@ CALIBRATE_MIN_ROWS = 20_000
 SLICES = (1_000, 4_000)  # first calibration slices (rows); the probe fit uses the second
 SLICE_GROWTH = 4         # later slices: x4 rows ...
 MIN_FIT_SECONDS = 1.0    # ... until a calibration fit takes this long (or the fold is used whole)
+PROBE_ROWS = 16_000      # largest fit with the real settings that finds early stopping's round
 
 
 @dataclass
@@ -83,13 +84,16 @@ def _slice(n: int, m: int, seed: int = 0) -> np.ndarray:
 
 
 def probe(make, name: str, X, Y, groups, fit_kwargs: dict) -> dict:
-    """Parameter overrides for the estimate's units from one fit with the real settings on the
-    largest calibration slice, for models that stop early (``probed_params``: XGBoost's rounds
-    run before early stopping). ``{}`` for the others."""
+    """Parameter overrides for the estimate's units from one fit with the real settings, for
+    models that stop early (``probed_params``: XGBoost's rounds run before early stopping), on
+    half the rows the model will fit (at most :data:`PROBE_ROWS`): where early stopping stops
+    depends on the data size, and on a 4k slice it varied 3x between runs. ``{}`` for models
+    that do not stop early."""
     model = make(name, {})
     if not hasattr(model, "probed_params") or not model.stops_early():
         return {}
-    rows = _slice(X.shape[0], min(X.shape[0], SLICES[-1]))
+    n_fit = fit_rows(model, groups) if groups is not None else X.shape[0]
+    rows = _slice(X.shape[0], int(min(X.shape[0], max(SLICES[-1], min(PROBE_ROWS, n_fit // 2)))))
     model.fit(X[rows], Y[rows], groups=None if groups is None else groups[rows], **fit_kwargs)
     return model.probed_params(model)
 
@@ -99,11 +103,12 @@ def calibrate(make, name: str, X, Y, groups, fit_kwargs: dict) -> tuple[float, f
     ``X, Y``; ``make(name, overrides)`` builds the model with the run's parameters."""
     n, F = X.shape
     G = Y.shape[1]
-    m, points = min(n, SLICES[0]), []
+    first = make(name, {})
+    n_full = fit_rows(first, groups) if groups is not None else n
+    m, points = min(n, max(SLICES[0], first.calibration_rows(n_full))), []
     while True:  # 1k, 4k, 16k, ... rows until a fit takes MIN_FIT_SECONDS (timer noise)
         rows = _slice(n, m)
-        model = make(name, {})
-        model = make(name, model.calibration_params())
+        model = make(name, first.calibration_params(n_full))
         model.fit(X[rows], Y[rows], groups=None if groups is None else groups[rows],
                   **fit_kwargs)
         points.append((model.cost_units(int(model.n_fit_rows_), F, G),

@@ -33,8 +33,11 @@ class _Linear:
     def __init__(self, rounds):
         self.rounds, self.params = rounds, {}
 
-    def calibration_params(self):
+    def calibration_params(self, n_rows=None):
         return {"rounds": 5}
+
+    def calibration_rows(self, n_rows):
+        return 1000
 
     def cost_units(self, n, F, G):
         return n * self.rounds

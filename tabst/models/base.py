@@ -241,10 +241,15 @@ class TabstModel:
         ``max_train_cells_per_group``)."""
         return float(n_rows) * max(1, n_features) * self.n_outputs(n_genes)
 
-    def calibration_params(self) -> dict:
+    def calibration_params(self, n_rows: int | None = None) -> dict:
         """Parameter overrides for the quick calibration fits (fewer rounds / epochs); the
-        units of those fits are computed with them."""
+        units of those fits are computed with them. ``n_rows``: rows the real fit will use."""
         return {}
+
+    def calibration_rows(self, n_rows: int) -> int:
+        """Rows of the first calibration slice (more when a model's speed per row depends on
+        the data size, e.g. TabNet's batch size)."""
+        return 1_000
 
     # --- fit / predict ------------------------------------------------------------------------
     def fit(self, X, Y, groups=None, *, feature_names: Sequence[str] | None = None,

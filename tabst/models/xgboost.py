@@ -66,7 +66,7 @@ class XGBoostModel(TabstModel):
         """rows x features x outputs x rounds (hist: each round builds one tree per output)."""
         return super().cost_units(n_rows, n_features, n_genes) * int(self.params["n_estimators"])
 
-    def calibration_params(self) -> dict:
+    def calibration_params(self, n_rows=None) -> dict:
         return {"n_estimators": min(20, int(self.params["n_estimators"])),
                 "early_stopping_rounds": None}
 
