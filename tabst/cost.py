@@ -7,9 +7,9 @@ until a fit takes a second, so that timer noise and fixed costs do not set the s
 model's :meth:`~tabst.models.base.TabstModel.calibration_params`: a few rounds / epochs) and the
 seconds of the last two fits are fitted as ``a + b * units`` (units of the rows each fit used);
 each fold's fit and the refit are then estimated from their own row counts (after
-``max_train_cells_per_group``). XGBoost, which stops early, is also fitted once with its real
-settings on half its rows (at most 16k) and its estimate counts the rounds that fit ran;
-TabNet's early stopping can only make it shorter.
+``max_train_cells_per_group``). XGBoost, which stops early, is instead fitted once with its
+real settings on half its rows (at most 16k): that fit's seconds per unit, with the rounds it
+ran, set its estimate (:func:`probe`). TabNet's early stopping can only make it shorter.
 
 ``estimate: auto`` calibrates when some fold trains on at least :data:`CALIBRATE_MIN_ROWS` rows
 (below that the whole run takes about as long as the calibration), or whenever ``max_hours``
@@ -83,19 +83,23 @@ def _slice(n: int, m: int, seed: int = 0) -> np.ndarray:
         else np.arange(n)
 
 
-def probe(make, name: str, X, Y, groups, fit_kwargs: dict) -> dict:
-    """Parameter overrides for the estimate's units from one fit with the real settings, for
-    models that stop early (``probed_params``: XGBoost's rounds run before early stopping), on
-    half the rows the model will fit (at most :data:`PROBE_ROWS`): where early stopping stops
-    depends on the data size, and on a 4k slice it varied 3x between runs. ``{}`` for models
-    that do not stop early."""
+def probe(make, name: str, X, Y, groups, fit_kwargs: dict):
+    """For models that stop early (``probed_params``: XGBoost's rounds run before early
+    stopping): one fit with the real settings on half the rows the model will fit (at most
+    :data:`PROBE_ROWS`; on a 4k slice where early stopping stopped varied 3x between runs).
+    Returns ``(overrides for the estimate's units, (0, seconds per unit of that fit))``, or
+    None for models that do not stop early. Scaling that fit by its rows errs high (hist
+    XGBoost's split search per round does not grow with the rows; measured 1.8x at 30k rows)
+    but, unlike 20-round calibration fits, it sees the real rounds and per-fit costs."""
     model = make(name, {})
     if not hasattr(model, "probed_params") or not model.stops_early():
-        return {}
+        return None
     n_fit = fit_rows(model, groups) if groups is not None else X.shape[0]
     rows = _slice(X.shape[0], int(min(X.shape[0], max(SLICES[-1], min(PROBE_ROWS, n_fit // 2)))))
     model.fit(X[rows], Y[rows], groups=None if groups is None else groups[rows], **fit_kwargs)
-    return model.probed_params(model)
+    over = model.probed_params(model)
+    units = make(name, over).cost_units(int(model.n_fit_rows_), X.shape[1], Y.shape[1])
+    return over, (0.0, float(model.fit_seconds_) / max(units, 1e-12))
 
 
 def calibrate(make, name: str, X, Y, groups, fit_kwargs: dict) -> tuple[float, float]:
@@ -138,8 +142,10 @@ def estimate_run(make, names, X, Y, groups, fold_groups: list, all_groups, fit_k
     F, G = X.shape[1], Y.shape[1]
     for name in names:
         try:
-            a, b = calibrate(make, name, X, Y, groups, fit_kwargs)
-            full = make(name, probe(make, name, X, Y, groups, fit_kwargs))
+            probed = probe(make, name, X, Y, groups, fit_kwargs)
+            over, (a, b) = probed if probed else ({}, calibrate(make, name, X, Y, groups,
+                                                                fit_kwargs))
+            full = make(name, over)
         except Exception as e:  # a model that cannot fit fails in the run itself, said there
             est.models[name] = {"folds": [0.0] * len(fold_groups), "refit": 0.0,
                                 "error": f"{type(e).__name__}: {e}"}
