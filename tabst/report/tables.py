@@ -8,22 +8,13 @@ import re
 from pathlib import Path
 
 from ..spots import is_spot_platform
+from ..spots import platform as spot_platform
 from .common import fmt
 
 
 # --------------------------------------------------------------------------------------------
 # spots or cells
 # --------------------------------------------------------------------------------------------
-def _provenance(run: dict) -> dict:
-    prov = (run.get("store") or {}).get("provenance")
-    if isinstance(prov, str):
-        try:
-            prov = json.loads(prov)
-        except ValueError:
-            return {}
-    return prov if isinstance(prov, dict) else {}
-
-
 def store_spot_diameter(store_path, samples) -> float | None:
     """Median finite ``spot_diameter_px`` of ``/images/<sample>`` (None: none, or no store)."""
     import h5py
@@ -45,7 +36,7 @@ def is_spot_run(run: dict, spot_diameter_px: float | None = None) -> bool:
     """Whether the run's rows are spots: the ingest platform in the store's provenance is a spot
     platform (ST, Visium, HEST-1k, ...), or the images record a spot diameter."""
     store = run.get("store") or {}
-    platform = str(store.get("platform") or _provenance(run).get("platform") or "").lower()
+    platform = str(store.get("platform") or spot_platform(store.get("provenance"))).lower()
     if platform:
         return is_spot_platform(platform)
     return bool(spot_diameter_px)
