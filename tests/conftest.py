@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # tests share 2 cores; keep BLAS/torch polite
 
@@ -17,6 +18,21 @@ import pytest
 
 from tabst.store import build_provenance, create_store, put, set_attr
 from tabst.util import relpath_from
+
+SHARED_DATA = Path(os.environ.get("TABST_SHARED_DATA",
+                                  Path(__file__).resolve().parents[2] / "shared" / "data"))
+if not SHARED_DATA.is_dir():
+    SHARED_DATA = Path("/work/shared/data")
+MOB = SHARED_DATA / "stutility-mob"  # four legacy-ST mouse olfactory bulb sections
+
+
+def mob_section_args(sections) -> list[str]:
+    """``--section COUNTS,ALIGNMENT,IMAGE,NAME`` arguments of ``tabst ingest st`` for the shared
+    MOB sections (e.g. ``["MOB1", "MOB2"]``)."""
+    out = []
+    for s in sections:
+        out += ["--section", f"{MOB}/{s}.tsv.gz,{MOB}/alignment_table_{s}.tsv,{MOB}/{s}.jpg,{s}"]
+    return out
 
 
 def write_tiny_store(path, *, n_samples=3, cells_per_sample=60, n_genes=12, emb_dim=16,

@@ -6,18 +6,14 @@ Random encoder weights (tests run offline); ResNet18 to stay fast.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import MOB, mob_section_args
 from typer.testing import CliRunner
 
 from tabst.store import open_store
-
-MOB = Path(__file__).resolve().parents[2] / "shared" / "data" / "stutility-mob"
-if not MOB.is_dir():
-    MOB = Path("/work/shared/data/stutility-mob")
 
 
 @pytest.mark.skipif(not MOB.is_dir(), reason="shared MOB data not present")
@@ -28,10 +24,7 @@ def test_mob_ingest_embed_compare_four_folds(tmp_path):
     torch.set_num_threads(1)
     run = CliRunner()
     store = tmp_path / "mob.h5"
-    sections = []
-    for i in range(1, 5):
-        sections += ["--section", f"{MOB}/MOB{i}.tsv.gz,{MOB}/alignment_table_MOB{i}.tsv,"
-                                  f"{MOB}/MOB{i}.jpg,MOB{i}"]
+    sections = mob_section_args([f"MOB{i}" for i in range(1, 5)])
     r = run.invoke(app, ["ingest", "st", *sections, "--out", str(store), "--json"])
     assert r.exit_code == 0, r.output
     summary = json.loads(r.stdout.strip().splitlines()[-1])

@@ -11,18 +11,15 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
 import yaml
 from chromium_probe import render_probe
+from conftest import MOB, mob_section_args
 from typer.testing import CliRunner
 
-MOB = Path(__file__).resolve().parents[2] / "shared" / "data" / "stutility-mob"
-if not MOB.is_dir():
-    MOB = Path("/work/shared/data/stutility-mob")
 SECTIONS = ("MOB1", "MOB2", "MOB3")
 N_GENES = 12
 
@@ -46,10 +43,7 @@ def test_spot_ingest_embed_compare_explain(tmp_path):
     torch.set_num_threads(1)
     cli = CliRunner()
     store = tmp_path / "mob.h5"
-    sections = []
-    for s in SECTIONS:
-        sections += ["--section", f"{MOB}/{s}.tsv.gz,{MOB}/alignment_table_{s}.tsv,"
-                                  f"{MOB}/{s}.jpg,{s}"]
+    sections = mob_section_args(SECTIONS)
     r = cli.invoke(app, ["ingest", "st", *sections, "--out", str(store)])
     assert r.exit_code == 0, r.output
     r = cli.invoke(app, ["embed", str(store), "--encoder", "resnet18", "--layer", "layer3",
