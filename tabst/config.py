@@ -12,7 +12,9 @@ Keys (everything optional in a file; missing keys take the defaults of :data:`DE
     Shown in the report (and ``name`` in compare's warnings).
 ``embedding``
     Name of ``/embeddings/<name>`` in the store; ``null`` picks the only embedding, or the one
-    matching ``embed`` (layer, patch size) when there are several.
+    matching ``embed`` (layer, patch size) when there are several. A list of names (``[a, b]``,
+    ``--features a,b``) runs every model on every embedding with the same folds, one sub-run
+    each (:mod:`tabst.compare_multi`); a list of one name is that name.
 ``features``
     Feature-set spec handed to :class:`tabst.dataset.FeatureBuilder` (validated by it).
 ``models``
@@ -102,7 +104,7 @@ DEFAULTS: dict = {
 
 # expected type of each top-level / nested key (None = any)
 _TYPES: dict = {
-    "name": str, "description": str, "embedding": (str, type(None)), "features": dict,
+    "name": str, "description": str, "embedding": (str, list, type(None)), "features": dict,
     "models": list, "params": dict, "folds": str, "group_column": (str, type(None)),
     "region_column": (str, type(None)), "expect_transform": (str, type(None)),
     "clip_predictions": (str, bool), "estimate": (str, bool),
@@ -229,6 +231,7 @@ def validate_config(cfg: dict, source: str = "config") -> dict:
         if not _type_ok(value, _TYPES[key]):
             raise TabstError(f"{source}: key {key!r} must be {_type_words(_TYPES[key])}, got "
                              f"{value!r}.")
+    out["embedding"] = _check_embedding(out["embedding"], source)
     for sect in ("embed", "report"):
         bad = sorted(set(out[sect]) - set(DEFAULTS[sect]))
         if bad:
@@ -312,6 +315,23 @@ def validate_config(cfg: dict, source: str = "config") -> dict:
     return out
 
 
+def _check_embedding(value, source: str):
+    """``embedding``: None, a name, or a list of distinct non-empty names (one name: that name)."""
+    if not isinstance(value, list):
+        return value
+    if not value:
+        raise TabstError(f"{source}: key 'embedding' is an empty list; give one or more "
+                         "embedding names, or null.")
+    for v in value:
+        if not isinstance(v, str) or not v.strip():
+            raise TabstError(f"{source}: key 'embedding' must list non-empty embedding names, "
+                             f"got {v!r} in {value!r}.")
+    dup = sorted({v for v in value if value.count(v) > 1})
+    if dup:
+        raise TabstError(f"{source}: key 'embedding' names {dup[0]!r} twice.")
+    return value[0] if len(value) == 1 else list(value)
+
+
 def model_defaults(cls) -> dict:
     """Every parameter a registry class accepts, with its default."""
     from .models.base import COMMON_DEFAULTS
@@ -365,6 +385,8 @@ def load_config(name_or_path=None, overrides: Iterable[str] = (), **cli) -> dict
     for key in ("folds", "embedding"):
         if cli.get(key) is not None:
             cfg[key] = cli[key]
+    if isinstance(cli.get("embedding"), str) and "," in cli["embedding"]:  # --features a,b
+        cfg["embedding"] = [e.strip() for e in cli["embedding"].split(",")]
     if cli.get("genes") is not None:  # --genes all|FILE|hvg[:K]: replaces the whole section
         from .genes import parse_genes_option
 
