@@ -20,8 +20,10 @@ def register(app, ingest_app):
         models: Optional[str] = typer.Option(None, "--models",
                                              help="comma-separated models, e.g. ridge,tree,xgboost,"
                                                   "tabnet (the mean baseline is always added)"),
-        features: Optional[str] = typer.Option(None, "--features",
-                                               help="embedding to use (/embeddings/NAME)"),
+        features: Optional[str] = typer.Option(
+            None, "--features", help="embedding to use (/embeddings/NAME); several, comma-"
+            "separated (a,b), run every model on each with the same folds: one sub-run per "
+            "embedding in RUN/embeddings/NAME and an encoder x model table at the top"),
         folds: Optional[str] = typer.Option(None, "--folds",
                                             help="leave-one-sample-out | group-kfold:K"),
         out: Optional[Path] = typer.Option(None, "--out", "-o",
@@ -46,7 +48,8 @@ def register(app, ingest_app):
         (leaderboard.csv, per_gene.csv, predictions.h5, models/, report.html)."""
         import sys
 
-        from tabst.compare import leaderboard_table, run_compare
+        from tabst.compare import run_compare
+        from tabst.compare_multi import run_table
 
         if max_hours is not None:
             sets = [*sets, f"max_hours={max_hours:.12f}"]  # a YAML float (1e-07 is text)
@@ -54,7 +57,7 @@ def register(app, ingest_app):
                               folds=folds, unsafe_random_split=unsafe_random_split, genes=genes,
                               force=force,
                               command=["tabst"] + sys.argv[1:])
-        console.print(leaderboard_table(run_dir))
+        console.print(run_table(run_dir))
         report = run_dir / "report.html"
         if report.exists():
             console.print(f"report: {report}", highlight=False, soft_wrap=True)

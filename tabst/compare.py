@@ -143,6 +143,11 @@ def run_compare(store, config=None, out=None, *, overrides=(), models=None, feat
     t_start = time.perf_counter()
     cfg = load_config(config, overrides, models=models, folds=folds, embedding=features,
                       unsafe_random_split=unsafe_random_split, genes=genes)
+    if isinstance(cfg["embedding"], list):  # several embeddings: one sub-run each
+        from .compare_multi import run_multi
+
+        return run_multi(store, cfg, out, force=force, show_progress=show_progress,
+                         render=render, command=command, t_start=t_start)
     from .dataset import FeatureBuilder, load_targets, rows_with_expression
     from .models import REGISTRY
 
