@@ -43,19 +43,27 @@ def register(app, ingest_app):
         seed: int = typer.Option(0, "--seed", help="seed of the cell sample"),
         max_mb: float = typer.Option(5.0, "--max-mb", min=0.1, help="report size budget (MB)"),
         out: Path = typer.Option(None, "--out", help="report path (default RUN/explain.html)"),
+        embedding: str = typer.Option(None, "--embedding",
+                                      help="on a multi-embedding run (compare --features a,b): "
+                                           "the embedding to explain (default: the best-ranked); "
+                                           "files go to RUN/embeddings/NAME/"),
     ):
         """Explain a compare run: additive per-gene attributions (SHAP / TreeSHAP / pred_contribs /
         integrated gradients + TabNet masks) grouped into embedding, morphology, stain,
         neighbourhood, tissue and position; writes RUN/attributions.h5 and an offline report."""
+        from tabst.compare_multi import resolve_run_dir
         from tabst.explain import run_explain
         from tabst.outputs import prepare_output
 
-        if Path(run).is_dir():  # both outputs are writable before the attributions are computed
-            for target in (Path(run) / "attributions.h5", out or Path(run) / "explain.html"):
+        # where the files go (a multi-embedding run: the chosen sub-run; announced by run_explain)
+        run_dir, _ = resolve_run_dir(run, embedding, purpose="explain", models=_split(models),
+                                     announce=False)
+        if Path(run_dir).is_dir():  # both outputs are writable before the attributions are made
+            for target in (Path(run_dir) / "attributions.h5", out or Path(run_dir) / "explain.html"):
                 prepare_output(target, "file", force=True)
         path = run_explain(run, genes=_split(genes), top_genes=top_genes, models=_split(models),
                            cells=cells, refit=not fold_models, background=background, out=out,
                            store=store, seed=seed, gallery=gallery,
-                           max_bytes=int(max_mb * 1024 * 1024))
-        console.print(f"attributions: {Path(run) / 'attributions.h5'}")
+                           max_bytes=int(max_mb * 1024 * 1024), embedding=embedding)
+        console.print(f"attributions: {Path(run_dir) / 'attributions.h5'}")
         console.print(f"report: {path}")

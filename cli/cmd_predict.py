@@ -34,6 +34,9 @@ def register(app, ingest_app):
         allow_gene_subset: bool = typer.Option(False, "--allow-gene-subset",
                                                help="write a Crunch file with only the model's "
                                                     "genes (the scorer refuses it)"),
+        embedding: Optional[str] = typer.Option(
+            None, "--embedding", help="on a multi-embedding run (compare --features a,b): the "
+            "embedding whose models predict (default: that of the best-ranked row with a refit)"),
         force: bool = typer.Option(False, "--force", help="overwrite an existing --out"),
     ):
         """Write the Crunch submission (cell_id, gene, prediction, sample): every scored cell x
@@ -43,7 +46,8 @@ def register(app, ingest_app):
 
         r = predict_submission(run, store, out, group=group, model=model, samples=sample or None,
                                id_column=id_column, force=force, decimals=decimals,
-                               per_sample=per_sample, allow_gene_subset=allow_gene_subset)
+                               per_sample=per_sample, allow_gene_subset=allow_gene_subset,
+                               embedding=embedding)
         for line in r.notes:
             console.print(f"note: {line}", highlight=False, soft_wrap=True)
         for line in r.checks:

@@ -318,7 +318,7 @@ def predict_submission(run, store, out, *, group: str = "validation,test",
                        batch_size: int = 4096, force: bool = False, decimals: int | None = None,
                        per_sample: bool = False, allow_gene_subset: bool = False,
                        check_zarr: bool = True, float_format: str = "%.6g",
-                       show_progress: bool = True) -> PredictResult:
+                       show_progress: bool = True, embedding: str | None = None) -> PredictResult:
     """Predict the selected cells of ``store`` with a compare run's refitted model and write the
     Crunch submission CSV (``cell_id, gene, prediction, sample``), checked as the scorer checks.
 
@@ -350,6 +350,9 @@ def predict_submission(run, store, out, *, group: str = "validation,test",
         Write a Crunch submission even when the model predicts only some genes.
     check_zarr
         For Crunch stores, read the expected cells / genes from each sample's zarr.
+    embedding
+        On a multi-embedding run, the embedding whose sub-run predicts (default: that of the
+        best-ranked row with a refit; :func:`tabst.compare_multi.resolve_run_dir`).
     """
     from .dataset import FeatureBuilder
     from .models.base import TabstModel
@@ -362,6 +365,9 @@ def predict_submission(run, store, out, *, group: str = "validation,test",
     if decimals is not None and not 0 <= int(decimals) <= 12:
         raise TabstError(f"--decimals must be between 0 and 12 (got {decimals}).")
     groups = parse_groups(group)
+    from .compare_multi import resolve_run_dir
+
+    run, _ = resolve_run_dir(run, embedding, purpose="predict", models=[model] if model else None)
     name = choose_model(run, model)
     fdir = run / "features" / "all"
     from .safeio import check_legacy_file

@@ -66,18 +66,22 @@ DEFAULT_BACKGROUND = 200
 def explain_run(run_dir, *, genes: Sequence[str] | None = None, top_genes: int = DEFAULT_TOP_GENES,
                 models: Sequence[str] | None = None, cells: int = DEFAULT_CELLS,
                 refit: bool = False, background: int = DEFAULT_BACKGROUND, seed: int = 0,
-                store=None, show_progress: bool = True):
-    """Compute attributions for a compare run (no files written).
+                store=None, show_progress: bool = True, embedding: str | None = None):
+    """Compute attributions for a compare run (no files written). On a multi-embedding run,
+    the sub-run of ``embedding`` (default: the best-ranked; see
+    :func:`tabst.compare_multi.resolve_run_dir`).
 
     Returns ``(results {model: ModelAttributions}, info dict)``; ``info`` has ``best_model``,
     ``genes``, ``mode_text``, ``warnings``, ``store``.
     """
     import h5py
 
+    from ..compare_multi import resolve_run_dir
     from ..models import load_model
     from ..store import opened, read_strings
     from ..util import progress
 
+    run_dir, _ = resolve_run_dir(run_dir, embedding, purpose="explain", models=models)
     run = Run(run_dir)
     ok = run.ok_models()
     if models:
@@ -348,7 +352,7 @@ def run_explain(run_dir, genes: Sequence[str] | None = None, top_genes: int = DE
                 models: Sequence[str] | None = None, cells: int = DEFAULT_CELLS, *,
                 refit: bool = False, background: int = DEFAULT_BACKGROUND, out=None,
                 store=None, seed: int = 0, gallery: int = 6, max_bytes: int | None = None,
-                show_progress: bool = True) -> Path:
+                show_progress: bool = True, embedding: str | None = None) -> Path:
     """Explain a compare run: write ``attributions.h5`` in the run folder and the report.
 
     Parameters
@@ -365,6 +369,8 @@ def run_explain(run_dir, genes: Sequence[str] | None = None, top_genes: int = DE
     store : the run's store, when it moved since ``compare``.
     seed : cell sampling seed.  gallery : highest/lowest cells per gene in the patch gallery.
     max_bytes : report size budget (default 5 MB).
+    embedding : on a multi-embedding run, the embedding to explain (default: the best-ranked);
+        the files are written in its sub-run ``RUN/embeddings/<name>/``.
 
     Returns
     -------
@@ -375,7 +381,7 @@ def run_explain(run_dir, genes: Sequence[str] | None = None, top_genes: int = DE
 
     results, info = explain_run(run_dir, genes=genes, top_genes=top_genes, models=models,
                                 cells=cells, refit=refit, background=background, seed=seed,
-                                store=store, show_progress=show_progress)
+                                store=store, show_progress=show_progress, embedding=embedding)
     run: Run = info["run"]
     genes = info["genes"]
     best = info["best_model"]
