@@ -11,7 +11,7 @@ $(BIN)/python:
 	$(BIN)/pip install --quiet --upgrade pip
 
 $(STAMP): $(BIN)/python pyproject.toml
-	$(BIN)/pip install --quiet -e '.[dev,spatial]'
+	$(BIN)/pip install --quiet -e '.[dev,spatial,transformers]'
 	touch $(STAMP)
 
 install: $(STAMP)

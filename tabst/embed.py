@@ -58,18 +58,25 @@ class SimulatedInterruption(RuntimeError):
 
 def weights_tag(weights: str, sha256: str = "") -> str:
     w = str(weights)
-    if w == "random" or w == "imagenet":
+    if w in ("random", "imagenet", "hub"):
         return w
     if w.startswith("imagenet:"):
         return "imagenet-" + w.split(":", 1)[1].lower()
+    if w.startswith(("hf-hub:", "hf_hub:")):
+        return "hub-" + "".join(c if c.isalnum() else "-" for c in w.split(":", 1)[1].lower())
     return f"file-{sha256[:8]}" if sha256 else "file"
 
 
-def default_name(encoder: str, layer: str, patch_size, resize=None, weights="imagenet",
+def default_name(encoder: str, layer: str | None, patch_size, resize=None, weights="imagenet",
                  sha256: str = "") -> str:
-    """E.g. ``resnet50_layer3_p32_imagenet``, ``resnet18_layer4_p32r224_random``."""
+    """E.g. ``resnet50_layer3_p32_imagenet``, ``resnet18_layer4_p32r224_random``,
+    ``uni2h_p112umr224_hub`` (transformers have no layer in the name)."""
+    from .encoders import resolve_spec, slug
+
+    spec = resolve_spec(encoder)
     r = f"r{int(resize)}" if resize else ""
-    return f"{encoder}_{layer}_p{patch_size}{r}_{weights_tag(weights, sha256)}"
+    cut = f"_{layer or spec.default_layer}" if spec.layers else ""
+    return f"{slug(spec)}{cut}_p{patch_size}{r}_{weights_tag(weights, sha256)}"
 
 
 def _versions(encoder: bool = True) -> dict:
@@ -78,10 +85,17 @@ def _versions(encoder: bool = True) -> dict:
 
     out = {"tabst": __version__, "numpy": np.__version__}
     if encoder:
+        import importlib.metadata as md
+
         import torch
         import torchvision
 
         out.update(torch=torch.__version__, torchvision=torchvision.__version__)
+        for pkg in ("timm", "safetensors", "huggingface_hub", "transformers"):
+            try:
+                out[pkg] = md.version(pkg)
+            except md.PackageNotFoundError:
+                pass
     else:
         out.update(scikit_image=skimage.__version__, scipy=scipy.__version__)
     return out
@@ -118,9 +132,10 @@ def _resolve_device(device: str):
 # the pass
 # ---------------------------------------------------------------------------------------------
 
-def embed_store(store_path, encoder: str = "resnet50", layer: str = "layer3", patch_size="auto",
-                resize: int | None = None, weights: str = "imagenet",
-                weights_sha256: str | None = None, batch_size: int = 256,
+def embed_store(store_path, encoder: str = "resnet50", layer: str | None = None,
+                patch_size="auto", resize: int | None = None, weights: str = "auto",
+                weights_sha256: str | None = None, encoder_kwargs: dict | None = None,
+                batch_size: int | None = None,
                 workers: int | None = None, device: str = "auto", name: str | None = None,
                 features: bool = True, force: bool = False, per_cell_fit: str = "crop",
                 show_progress: bool = True, _stop_after_batches: int | None = None) -> str:
@@ -129,14 +144,20 @@ def embed_store(store_path, encoder: str = "resnet50", layer: str = "layer3", pa
     Parameters
     ----------
     store_path : the tabst store (HDF5), modified in place.
-    encoder, layer : see :data:`tabst.encoders.ENCODERS` (``layer3`` or ``layer4``).
+    encoder : a name of :data:`tabst.encoders.REGISTRY` (``resnet50``, ``uni2h``, ...) or
+        ``timm:<architecture>``.
+    layer : CNN cut point (``layer3`` default, ``layer4``); transformers: ``final``.
     patch_size : pixels (int), ``"spot"`` (each sample's ``spot_diameter_px``; resized to the
-        median when samples differ and no ``resize`` is given) or ``"auto"`` (``spot`` on spot
-        stores, :mod:`tabst.spots`, else 32).
-    resize : rescale every patch to ``resize`` px before the encoder (e.g. 224); None = no.
-    weights : ``"imagenet"``, ``"random"`` (explicit only) or a local state-dict path.
+        median when samples differ and no ``resize`` is given), ``"<X>um"`` (X µm at each
+        sample's pixel size) or ``"auto"`` (``spot`` on spot stores, :mod:`tabst.spots`, else 32).
+    resize : rescale every patch to ``resize`` px before the encoder (e.g. 224); None = the
+        encoder's input size when it has one (224 for the vision transformers), else no resize.
+    weights : ``"auto"`` (torchvision ImageNet / the registered hub repo), ``"imagenet"``,
+        ``"hub"``, ``"hf-hub:<repo>"``, ``"random"`` (explicit only) or a local file / folder.
     weights_sha256 : expected sha256 of a weights file.
-    batch_size : rows per batch (fixed batch boundaries make resumes bit-identical).
+    encoder_kwargs : builder arguments over the registered ones (timm models).
+    batch_size : rows per batch (fixed batch boundaries make resumes bit-identical); None =
+        :func:`tabst.encoders.batching.auto_batch_size`.
     workers : DataLoader worker processes decoding patches (None: :func:`default_workers`:
         none on the CPU, some with CUDA).
     device : ``"auto"``, ``"cpu"`` or ``"cuda"``.
@@ -151,7 +172,8 @@ def embed_store(store_path, encoder: str = "resnet50", layer: str = "layer3", pa
     """
     return run_pipeline(store_path, encoder=encoder, layer=layer, patch_size=patch_size,
                         resize=resize, weights=weights, weights_sha256=weights_sha256,
-                        batch_size=batch_size, workers=workers, device=device, name=name,
+                        encoder_kwargs=encoder_kwargs, batch_size=batch_size, workers=workers,
+                        device=device, name=name,
                         features=features, force=force, per_cell_fit=per_cell_fit,
                         show_progress=show_progress, _stop_after_batches=_stop_after_batches)
 
@@ -172,9 +194,9 @@ def run_pipeline(store_path, *, encoder: str | None, **options) -> str | None:
         return _pipeline(store_path, encoder=encoder, **options)
 
 
-def _pipeline(store_path, *, encoder: str | None, layer: str = "layer3", patch_size="auto",
-              resize=None, weights: str = "imagenet", weights_sha256=None,
-              batch_size: int = 256, workers=None, device: str = "auto", name=None,
+def _pipeline(store_path, *, encoder: str | None, layer: str | None = None, patch_size="auto",
+              resize=None, weights: str = "auto", weights_sha256=None, encoder_kwargs=None,
+              batch_size: int | None = None, workers=None, device: str = "auto", name=None,
               features: bool = True, force: bool = False, per_cell_fit: str = "crop",
               show_progress: bool = True, feature_params: dict | None = None,
               _stop_after_batches=None) -> str | None:
@@ -188,10 +210,20 @@ def _pipeline(store_path, *, encoder: str | None, layer: str = "layer3", patch_s
     console = Console(stderr=True, quiet=not show_progress)
     if per_cell_fit not in ("crop", "resize"):
         raise TabstError(f"--per-cell-fit must be crop or resize, got {per_cell_fit!r}")
-    if batch_size < 1:
+    if batch_size is not None and batch_size < 1:
         raise TabstError(f"--batch-size must be >= 1, got {batch_size}")
     if resize is not None and int(resize) < 1:
         resize = None
+    spec = None
+    if encoder is None and batch_size is None:
+        batch_size = 256
+    if encoder is not None:  # unknown names / layers fail before any pixel is read
+        from .encoders import check_layer, resolve_spec
+
+        spec = resolve_spec(encoder, encoder_kwargs)
+        layer = check_layer(spec, layer)
+        if resize is None and spec.input_size:
+            resize = int(spec.input_size)
     fp = dict(radius_px=DEFAULT_RADIUS_PX, radius_um=DEFAULT_RADIUS_UM, k=DEFAULT_K)
     fp.update(feature_params or {})
     ps = parse_patch_size(patch_size)
@@ -246,10 +278,11 @@ def _pipeline(store_path, *, encoder: str | None, layer: str = "layer3", patch_s
                                  file=resolve_path(store_path, rel),
                                  fix="the store records image paths relative to its own folder: "
                                      "keep the images beside the store, or re-run the ingest")
-    if encoder is not None and resize is None and ps == "spot" and len(set(sizes)) > 1:
+    if encoder is not None and resize is None and isinstance(ps, str) and len(set(sizes)) > 1:
         resize = int(np.median(sizes))  # same tissue per patch, one input size
-        console.print(f"spot diameters differ between samples ({min(sizes)}-{max(sizes)} px): "
-                      f"each spot patch is resized to the median, {resize} px.")
+        what = "spot diameters" if ps == "spot" else f"{ps} patches"
+        console.print(f"{what} differ between samples ({min(sizes)}-{max(sizes)} px): "
+                      f"each patch is resized to the median, {resize} px.")
     if encoder is not None and resize is None and len(set(sizes)) > 1:
         raise TabstError(f"--patch-size {ps}: samples have different patch sizes "
                          f"({dict(sorted(sizes_by_sample.items()))}); the encoder needs equal "
@@ -260,22 +293,27 @@ def _pipeline(store_path, *, encoder: str | None, layer: str = "layer3", patch_s
     emb = None  # dict(name, settings, start, info) when the encoder must run
     dev = model = None
     if encoder is not None:
-        from .encoders import _check_names
-
-        _check_names(encoder, layer)
-        dev = _resolve_device(device)
-        precision = "float16 autocast" if dev == "cuda" else "float32"
-        # Build the model first: it resolves the weights (and their hash) for name + settings.
         from .encoders import build_encoder
+        from .encoders.batching import auto_batch_size, precision_of
 
-        model, info = build_encoder(encoder, layer, weights, weights_sha256)
-        name = name or default_name(encoder, layer, ps, resize, weights, info.weights_sha256)
-        settings = {"encoder": encoder, "layer": layer, "weights": info.weights,
+        dev = _resolve_device(device)
+        precision = precision_of(spec, dev)
+        # Build the model first: it resolves the weights (and their hash) for name + settings.
+        model, info = build_encoder(encoder, layer, weights, weights_sha256, encoder_kwargs)
+        if batch_size is None:
+            batch_size = auto_batch_size(model, spec, dev, resize or max(sizes))
+        wname = "imagenet" if (weights == "auto" and spec.family == "torchvision") else \
+            ("hub" if weights == "auto" else weights)
+        name = name or default_name(encoder, layer, ps, resize, wname, info.weights_sha256)
+        settings = {"encoder": info.encoder, "layer": layer, "weights": info.weights,
                     "weights_id": info.weights_id, "weights_sha256": info.weights_sha256,
                     "patch_size": ps, "patch_size_px": sizes_by_sample,
                     "resize": int(resize or 0), "per_cell_fit": per_cell_fit,
                     "normalisation": info.normalisation, "device": dev, "precision": precision,
                     "n_cells": n}
+        if spec.family != "torchvision":  # (resnet settings as before: their runs resume)
+            settings.update(encoder_kwargs=dict(encoder_kwargs or {}),
+                            pooling=info.extra["pooling"])
         start_emb, bs = 0, int(batch_size)
         with open_store(store_path) as f:
             if f"embeddings/{name}" in f:
@@ -366,18 +404,22 @@ def _pipeline(store_path, *, encoder: str | None, layer: str = "layer3", patch_s
                 ds = _create_rows_dataset(f, "embeddings", emb["name"], n, info.dim,
                                           chunk_rows=max(1, (1 << 20) // (4 * info.dim)))
                 rnd = info.weights == "random"
-                desc = (f"{info.encoder} cut at {info.layer} + global average pooling, one "
+                ex = info.extra
+                desc = (f"{info.encoder} ({ex['family']} {ex['arch']}), {ex['pooling']}, one "
                         f"{ps}-px patch per cell" + (f" resized to {resize} px" if resize else "")
                         + f", weights {info.weights_id}"
                         + (" (RANDOM WEIGHTS: not a trained image encoder)" if rnd else ""))
                 from .store import now_utc, set_attr
 
                 meta = {"description": desc, "encoder": info.encoder, "layer": info.layer,
-                        "dim": info.dim, "pooling": "global average",
+                        "dim": info.dim, "pooling": ex["pooling"], "family": ex["family"],
+                        "arch": ex["arch"], "encoder_kwargs": json.dumps(ex["kwargs"]),
+                        "input_size": int(ex["input_size"]), "licence": ex["licence"],
+                        "hub": ex["hub"], "gated": bool(ex["gated"]), "model_card": ex["card"],
                         "weights": info.weights, "weights_id": info.weights_id,
                         "weights_sha256": info.weights_sha256, "random_weights": rnd,
                         "weights_seed": 0 if rnd else -1,
-                        "patch_size": str(ps) if ps == "spot" else int(ps),
+                        "patch_size": ps if isinstance(ps, str) else int(ps),
                         "patch_size_px": sizes_by_sample, "resize": int(resize or 0),
                         "per_cell_fit": per_cell_fit, "centre": CENTRE_CONVENTION,
                         "normalisation": info.normalisation, "versions": _versions(),
@@ -418,6 +460,7 @@ def _pipeline(store_path, *, encoder: str | None, layer: str = "layer3", patch_s
     _run_batches(store_path, dataset, range(first_batch, n_batches), n, start,
                  model=model if emb is not None else None, dev=dev,
                  emb_name=emb["name"] if emb is not None else None, feat=feat is not None,
+                 precision=emb["settings"]["precision"] if emb is not None else "float32",
                  workers=(default_workers(dev or "cpu", encoder=emb is not None)
                           if workers is None else int(workers)),
                  show_progress=show_progress, stop_after=_stop_after_batches,
@@ -427,7 +470,7 @@ def _pipeline(store_path, *, encoder: str | None, layer: str = "layer3", patch_s
 
 
 def _run_batches(store_path, dataset, batch_ids, n, start, *, model, dev, emb_name, feat,
-                 workers, show_progress, stop_after, label, t_start):
+                 workers, precision, show_progress, stop_after, label, t_start):
     from contextlib import nullcontext
 
     from .store import now_utc, open_store
@@ -448,6 +491,9 @@ def _run_batches(store_path, dataset, batch_ids, n, start, *, model, dev, emb_na
     if model is not None:
         model = model.to(dev)
         if dev == "cuda":
+            from .encoders.batching import autocast_dtype
+
+            amp_dtype = autocast_dtype(precision)
             torch.backends.cudnn.benchmark = False
             torch.backends.cudnn.deterministic = True
     kill_after = int(os.environ.get(KILL_ENV, "0") or 0)
@@ -472,7 +518,7 @@ def _run_batches(store_path, dataset, batch_ids, n, start, *, model, dev, emb_na
                     xb = b["patches"]
                     xb = xb.to(dev, non_blocking=True) if dev == "cuda" else xb
                     if dev == "cuda":
-                        with torch.autocast("cuda", dtype=torch.float16):
+                        with torch.autocast("cuda", dtype=amp_dtype):
                             out = model(xb)
                     else:
                         out = model(xb)

@@ -15,7 +15,7 @@ from .evaluate import METRIC_DIRECTION, METRIC_LABEL
 from .store import now_utc
 
 VERSION_PACKAGES = ("tabst", "numpy", "scipy", "scikit-learn", "pandas", "h5py", "xgboost", "torch",
-                    "torchvision", "pytorch-tabnet", "shap", "matplotlib", "jinja2")
+                    "torchvision", "timm", "pytorch-tabnet", "shap", "matplotlib", "jinja2")
 
 
 def package_versions() -> dict:
