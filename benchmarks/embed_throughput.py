@@ -19,6 +19,15 @@ where the morphology pass adds ~0.3 ms per cell, is printed and reported beside 
 at 200k within 20 % of 20k.
 
     python benchmarks/embed_throughput.py [--cells 8192] [--threads N] [--workers N]
+
+With ``--encoder NAME`` (any ``tabst embed --encoder``, e.g. ``timm:vit_small_patch16_224``)
+and ``--resize 224`` it measures that encoder instead: raw forward at the encoder's input size
+and batch (the CPU batch ``tabst embed`` chooses) vs the end-to-end ``tabst embed
+--no-features`` call (32-px crops resized to the input size), random weights; the features and
+RSS parts (encoder-independent) are left to the default run. Goal the same: >= 0.8 x raw.
+
+    python benchmarks/embed_throughput.py --encoder timm:vit_small_patch16_224 --resize 224 \
+        --cells 512
 """
 from __future__ import annotations
 
@@ -95,13 +104,14 @@ def make_store(path: Path, n_cells: int, seed: int = 0, mask: bool = False) -> P
     return path
 
 
-def raw_forward(batch: int = 256, n_batches: int = 8) -> float:
+def raw_forward(batch: int = 256, n_batches: int = 8, encoder: str = "resnet50",
+                side: int = 32) -> float:
     import torch
 
     from tabst.encoders import build_encoder
 
-    model, _ = build_encoder("resnet50", "layer3", "random")
-    x = torch.randint(0, 256, (batch, 32, 32, 3), dtype=torch.uint8)
+    model, _ = build_encoder(encoder, None, "random")
+    x = torch.randint(0, 256, (batch, side, side, 3), dtype=torch.uint8)
     with torch.inference_mode():
         model(x)  # warm-up
         t0 = time.perf_counter()
@@ -111,7 +121,8 @@ def raw_forward(batch: int = 256, n_batches: int = 8) -> float:
     return batch * n_batches / dt
 
 
-def end_to_end(store: Path, workers, features: bool) -> tuple[float, float]:
+def end_to_end(store: Path, workers, features: bool, encoder: str = "resnet50",
+               resize=None, batch_size=256) -> tuple[float, float]:
     """(patches/s of the whole embed_store call, patches/s of its batch loop alone)."""
     import h5py
 
@@ -120,14 +131,41 @@ def end_to_end(store: Path, workers, features: bool) -> tuple[float, float]:
 
     name = f"bench_{'f' if features else 'nf'}"
     t0 = time.perf_counter()
-    embed_store(store, encoder="resnet50", layer="layer3", patch_size=32, weights="random",
-                batch_size=256, workers=workers, features=features, force=True, name=name,
-                show_progress=False)
+    embed_store(store, encoder=encoder, patch_size=32, weights="random", resize=resize,
+                batch_size=batch_size, workers=workers, features=features, force=True,
+                name=name, show_progress=False)
     dt = time.perf_counter() - t0
     with h5py.File(store) as f:
         loop = float(f[f"embeddings/{name}"].attrs["last_run_loop_s"])
     n = n_cells(store)
     return n / dt, n / loop
+
+
+def encoder_run(args, workers: int, device: str, threads: int) -> None:
+    """--encoder NAME: raw forward vs end-to-end `tabst embed --no-features` for that encoder."""
+    from tabst.encoders import resolve_spec
+    from tabst.encoders.batching import cpu_batch_size
+
+    spec = resolve_spec(args.encoder)
+    side = int(args.resize or spec.input_size or 32)
+    batch = int(args.batch_size or cpu_batch_size(side))
+    n_batches = max(2, min(16, args.cells // batch))
+    with tempfile.TemporaryDirectory(prefix="tabst-bench-") as td:
+        store = make_store(Path(td) / "bench.h5", args.cells)
+        raw = raw_forward(batch, n_batches, args.encoder, side)
+        print(f"raw forward ({spec.name}, {side} px, batch {batch}, random tensors): "
+              f"{raw:,.1f} patches/s")
+        e2e, loop = end_to_end(store, workers, False, args.encoder, args.resize, batch)
+    print(f"end-to-end tabst embed --no-features ({args.cells:,} cells, 32-px crops resized to "
+          f"{side} px): {e2e:,.1f} patches/s = {e2e / raw:.2f} x raw (whole call); batch loop "
+          f"alone {loop:,.1f} patches/s = {loop / raw:.2f} x raw")
+    print(json.dumps({
+        "benchmark": "embed_throughput", "encoder": spec.name, "device": device,
+        "torch_threads": threads, "workers": workers, "cells": args.cells, "input_px": side,
+        "batch_size": batch, "raw_forward_patches_per_s": round(raw, 2),
+        "end_to_end_patches_per_s": round(e2e, 2), "loop_patches_per_s": round(loop, 2),
+        "end_to_end_over_raw": round(e2e / raw, 3), "loop_over_raw": round(loop / raw, 3),
+        "goal": "end_to_end >= 0.8 x raw forward", "met": bool(e2e >= 0.8 * raw)}))
 
 
 CHILD = r"""
@@ -174,6 +212,9 @@ def main():
     ap.add_argument("--rss-batches", type=int, default=10)
     ap.add_argument("--small", type=int, default=20_000)
     ap.add_argument("--large", type=int, default=200_000)
+    ap.add_argument("--encoder", default=None, help="measure this encoder (random weights)")
+    ap.add_argument("--resize", type=int, default=None, help="input px (default: the encoder's)")
+    ap.add_argument("--batch-size", type=int, default=None, help="default: tabst embed's choice")
     args = ap.parse_args()
 
     import torch
@@ -188,6 +229,8 @@ def main():
     device = "cuda" if torch.cuda.is_available() else "cpu"
     print(f"device {device}, torch threads {threads}, cpu cores {os.cpu_count()}, "
           f"DataLoader workers {workers}")
+    if args.encoder:
+        return encoder_run(args, workers, device, threads)
     with tempfile.TemporaryDirectory(prefix="tabst-bench-") as td:
         td = Path(td)
         store = make_store(td / "bench.h5", args.cells)
