@@ -405,8 +405,10 @@ def _pipeline(store_path, *, encoder: str | None, layer: str | None = None, patc
                                           chunk_rows=max(1, (1 << 20) // (4 * info.dim)))
                 rnd = info.weights == "random"
                 ex = info.extra
+                what = {"spot": "spot-diameter"}.get(ps, f"{ps[:-2]} µm" if isinstance(ps, str)
+                                                      else f"{ps}-px")
                 desc = (f"{info.encoder} ({ex['family']} {ex['arch']}), {ex['pooling']}, one "
-                        f"{ps}-px patch per cell" + (f" resized to {resize} px" if resize else "")
+                        f"{what} patch per cell" + (f" resized to {resize} px" if resize else "")
                         + f", weights {info.weights_id}"
                         + (" (RANDOM WEIGHTS: not a trained image encoder)" if rnd else ""))
                 from .store import now_utc, set_attr
