@@ -40,6 +40,13 @@ def register(app, ingest_app):
                  "HEST's var_50genes.json) | hvg:K (top-K highly "
                  "variable, computed per fold on its training rows only)"),
         force: bool = typer.Option(False, "--force", help="replace an existing run folder"),
+        tune: bool = typer.Option(False, "--tune", help="tune the models' hyperparameters with "
+                                  "Optuna inside each fold (config block tune; = --set "
+                                  "tune.enabled=true)"),
+        tune_trials: Optional[int] = typer.Option(None, "--tune-trials",
+                                                  help="trials per study (model x fold)"),
+        tune_minutes: Optional[float] = typer.Option(None, "--tune-minutes",
+                                                     help="tuning budget of the whole run"),
         max_hours: Optional[float] = typer.Option(
             None, "--max-hours", help="refuse a run estimated over H hours (the estimate is "
             "printed first) and stop one that passes it; = --set max_hours=H"),
@@ -51,6 +58,12 @@ def register(app, ingest_app):
         from tabst.compare import run_compare
         from tabst.compare_multi import run_table
 
+        if tune or tune_trials is not None or tune_minutes is not None:
+            sets = [*sets, "tune.enabled=true"]
+        if tune_trials is not None:
+            sets = [*sets, f"tune.trials={tune_trials}"]
+        if tune_minutes is not None:
+            sets = [*sets, f"tune.minutes={tune_minutes:.12f}"]
         if max_hours is not None:
             sets = [*sets, f"max_hours={max_hours:.12f}"]  # a YAML float (1e-07 is text)
         run_dir = run_compare(store, config, out, overrides=sets, models=models, features=features,

@@ -41,6 +41,7 @@ Run folder (written into a hidden temp folder beside it and renamed when complet
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import time
 import traceback
@@ -158,7 +159,7 @@ def run_compare(store, config=None, out=None, *, overrides=(), models=None, feat
         with opened(store) as f:
             store_path = Path(f.filename).resolve()
             info = _compare_in(f, cfg, tmp, REGISTRY, FeatureBuilder, load_targets,
-                               rows_with_expression, show_progress)
+                               rows_with_expression, show_progress, out=out)
         info["timing"]["total_seconds"] = round(time.perf_counter() - t_start, 3)
         run = _run_record(cfg, store_path, info, command)
         (tmp / "config.yaml").write_text(dump_config(cfg))
@@ -174,11 +175,15 @@ def run_compare(store, config=None, out=None, *, overrides=(), models=None, feat
                 _write_log(tmp, "report", traceback.format_exc())
                 run["report_error"] = traceback.format_exc().strip().splitlines()[-1]
                 (tmp / "run.json").write_text(json.dumps(run, indent=1, default=json_default))
+    if cfg["tune"]["enabled"]:  # the studies are in the run folder now (tuning/)
+        from .tuning import study_dir
+
+        shutil.rmtree(study_dir(out), ignore_errors=True)
     return out
 
 
 def _compare_in(f, cfg, tmp: Path, REGISTRY, FeatureBuilder, load_targets, rows_with_expression,
-                show_progress: bool) -> dict:
+                show_progress: bool, out: Path | None = None) -> dict:
     import h5py
     import pandas as pd
 
@@ -237,6 +242,11 @@ def _compare_in(f, cfg, tmp: Path, REGISTRY, FeatureBuilder, load_targets, rows_
     (tmp / "features").mkdir()
     (tmp / "models").mkdir()
     per_fold, per_sample, gene_scores = [], [], {m: {} for m in names}
+    tuner, tuned = _tuner(f, cfg, spec, out or tmp, clip, regions, folds)
+    if tuner is not None and not cfg["tune"]["keep_default"]:
+        names = [m for m in names if m not in tuned.values()]
+    names = names + list(tuned)  # tuned models ("xgboost+tuned") after the defaults
+    gene_scores.update({k: {} for k in tuned})
     labels = {m: m for m in names}
     codecs = {m: "" for m in names}
     n_features = None
@@ -298,8 +308,9 @@ def _compare_in(f, cfg, tmp: Path, REGISTRY, FeatureBuilder, load_targets, rows_
                                        "model")
             if fold is folds[0] and cost.wanted(cfg, max(len(fd.train) for fd in folds)):
                 fit_kw = dict(feature_names=fnames, feature_groups=fgroups, target_names=genes_k)
-                estimate = cost.estimate_compare(cfg, names, REGISTRY, Xtr, Ytr, fit_groups,
-                                                 folds, fold, fit_kw, t_build)
+                estimate = cost.estimate_compare(cfg, [n for n in names if n not in tuned],
+                                                 REGISTRY, Xtr, Ytr, fit_groups, folds, fold,
+                                                 fit_kw, t_build)
             for name in names:
                 if pbar:
                     p.update(task, description=f"fold {fold.k + 1}/{len(folds)} · {name}")
@@ -307,13 +318,21 @@ def _compare_in(f, cfg, tmp: Path, REGISTRY, FeatureBuilder, load_targets, rows_
                        "n_train": len(tr), "n_test": len(te), "n_features": n_features,
                        "n_genes": len(genes_k), "status": "ok", "error": ""}
                 try:
-                    model = REGISTRY[name](**model_params(cfg, name))
-                    labels[name] = model.display_name
+                    params = None if name in tuned else model_params(cfg, name)
+                    Xa, Xb, fn, fg = Xtr, Xte, fnames, fgroups
+                    if name in tuned:  # a study on the training rows only, then the outer fit
+                        params, Xa, Xb, fn, fg, fbt = tuner.inputs(
+                            name, fold.k, tr, Ytr, samples[fold.train], fold.train, Xtr, Xte,
+                            fnames, fgroups, genes_k, test_rows=te)
+                        if fbt is not None:
+                            fbt.save(tmp / "features" / name / f"fold_{fold.k}")
+                    model = REGISTRY[tuned.get(name, name)](**params)
+                    labels[name] = model.display_name + (" (tuned)" if name in tuned else "")
                     codecs[name] = _codec_label(model)
-                    model.fit(Xtr, Ytr, groups=fit_groups[fold.train], feature_names=fnames,
-                              feature_groups=fgroups, target_names=genes_k)
+                    model.fit(Xa, Ytr, groups=fit_groups[fold.train], feature_names=fn,
+                              feature_groups=fg, target_names=genes_k)
                     t1 = time.perf_counter()
-                    P = np.asarray(model.predict(Xte), dtype=np.float32)
+                    P = np.asarray(model.predict(Xb), dtype=np.float32)
                     if clip and model.expression_scale:  # scored as `tabst predict` writes
                         rec["n_clipped"] = int((P < 0).sum())
                         np.maximum(P, 0, out=P)
@@ -369,10 +388,17 @@ def _compare_in(f, cfg, tmp: Path, REGISTRY, FeatureBuilder, load_targets, rows_
                 else:
                     try:
                         t1 = time.perf_counter()
-                        model = REGISTRY[name](**model_params(cfg, name))
-                        model.fit(Xall, Yall, groups=fit_groups,
-                                  feature_names=list(fb.feature_names_),
-                                  feature_groups=list(fb.feature_groups_), target_names=genes_all)
+                        params = None if name in tuned else model_params(cfg, name)
+                        Xa, fn, fg = Xall, list(fb.feature_names_), list(fb.feature_groups_)
+                        if name in tuned:  # chosen by the same inner CV, over every sample
+                            params, Xa, _, fn, fg, fbt = tuner.inputs(
+                                name, "all", rows, Yall, samples, np.arange(len(rows)), Xall,
+                                None, fn, fg, genes_all)
+                            if fbt is not None:
+                                fbt.save(tmp / "features" / name / "all")
+                        model = REGISTRY[tuned.get(name, name)](**params)
+                        model.fit(Xa, Yall, groups=fit_groups, feature_names=fn,
+                                  feature_groups=fg, target_names=genes_all)
                         model.save(tmp / "models" / name / "all")
                         refit[name] = {"status": "ok", "fit_seconds": model.fit_seconds_,
                                        "seconds": time.perf_counter() - t1,
@@ -387,6 +413,9 @@ def _compare_in(f, cfg, tmp: Path, REGISTRY, FeatureBuilder, load_targets, rows_
                     p.advance(task)
             timing["refit_seconds"] = time.perf_counter() - t0
             del Xall, Yall
+    if tuner is not None:
+        tuner.finish(tmp)
+        timing["tuning_seconds"] = tuner.t_total
 
     pf = pd.DataFrame(per_fold)
     for m in METRICS:
@@ -426,10 +455,27 @@ def _compare_in(f, cfg, tmp: Path, REGISTRY, FeatureBuilder, load_targets, rows_
             "embedding": {"name": emb_name, "attrs": emb_attrs} if emb_name else None,
             "feature_spec": spec, "features": feature_info, "refit": refit,
             "labels": labels, "timing": {k: round(v, 3) for k, v in timing.items()},
+            "tuning": tuner.summary() if tuner is not None else None,
             "n_failed": int((lb["status"] != "ok").sum()),
             "ranked_by": str(lb["ranked_by"].iloc[0]),
             "leaderboard_notes": [f"WARNING: {w}" for w in warns]
             + leaderboard_notes(lb, pf, cfg["primary_metric"]) + _fit_notes(pf, clip)}
+
+
+def _tuner(f, cfg, spec, out: Path, clip: bool, regions, folds):
+    """(Tuner or None, {tuned key: model}) for ``cfg["tune"]`` (:mod:`tabst.tuning`)."""
+    if not cfg["tune"]["enabled"] or not cfg["tune"]["models"]:
+        return None, {}
+    from .tuning import Tuner, study_dir
+
+    n = (len(folds) + (1 if cfg["refit_all"] else 0)) * len(cfg["tune"]["models"])
+    tuner = Tuner(f, cfg, spec, out_dir=study_dir(out), clip=clip, regions=regions, n_studies=n)
+    t = cfg["tune"]
+    budget = "" if t["minutes"] is None else f", at most {t['minutes']} min in all"
+    sys.stderr.write(f"note: tuning {', '.join(tuner.models)} with Optuna inside each fold "
+                     f"({t['trials']} trials per study, {t['inner_folds']} inner folds by "
+                     f"sample{budget})\n")
+    return tuner, tuner.keys()
 
 
 def _fit_notes(pf, clip: bool) -> list[str]:

@@ -100,6 +100,7 @@ DEFAULTS: dict = {
     "embed": {"encoder": "resnet50", "layer": "layer3", "patch_size": 32, "weights": "imagenet"},
     "report": {"n_map_genes": 3, "n_best_worst": 10, "map_sample": None, "dpi": 100,
                "max_mb": 5.0},
+    "tune": {},
 }
 
 # expected type of each top-level / nested key (None = any)
@@ -111,7 +112,7 @@ _TYPES: dict = {
     "max_hours": (int, float, type(None)),
     "unsafe_random_split": bool, "primary_metric": str,
     "seed": int, "refit_all": bool, "save_fold_models": bool, "genes": (dict, str), "embed": dict,
-    "report": dict,
+    "report": dict, "tune": dict,
     "embed.encoder": str, "embed.layer": str, "embed.patch_size": int, "embed.weights": str,
     "report.n_map_genes": int, "report.n_best_worst": int,
     "report.map_sample": (str, type(None)), "report.dpi": int, "report.max_mb": (int, float),
@@ -312,6 +313,9 @@ def validate_config(cfg: dict, source: str = "config") -> dict:
     out["genes"] = validate_genes(out["genes"], source)
     if out["embed"]["patch_size"] < 1:
         raise TabstError(f"{source}: key 'embed.patch_size' must be >= 1.")
+    from .tuning.space import validate_tune
+
+    out["tune"] = validate_tune(out["tune"], out["models"], source)
     return out
 
 

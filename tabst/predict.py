@@ -370,6 +370,8 @@ def predict_submission(run, store, out, *, group: str = "validation,test",
     run, _ = resolve_run_dir(run, embedding, purpose="predict", models=[model] if model else None)
     name = choose_model(run, model)
     fdir = run / "features" / "all"
+    if (run / "features" / name / "all").is_dir():  # a tuned model's own feature builder
+        fdir = run / "features" / name / "all"
     from .safeio import check_legacy_file
 
     check_legacy_file(fdir)  # an older run's pickled features/all.joblib: refused, never loaded

@@ -167,9 +167,15 @@ def explain_run(run_dir, *, genes: Sequence[str] | None = None, top_genes: int =
                 Xs = np.asarray(fb.transform(f, rows[order]), dtype=np.float32)
                 X = np.empty_like(Xs)
                 X[order] = Xs
+                X_shared, fb_shared = X, fb
                 for m in models:
                     if pbar is not None:
                         p.update(task, description=f"explain · fold {k} · {m}")
+                    X, fb = X_shared, fb_shared
+                    if run.own_features(m, fkey):  # a tuned model's own feature builder
+                        fb = run.feature_builder(fkey, m)
+                        X = np.empty((len(rows), len(fb.feature_names_)), dtype=np.float32)
+                        X[order] = np.asarray(fb.transform(f, rows[order]), dtype=np.float32)
                     model = load_model(run.model_dir(m, fkey))
                     mgenes = list(getattr(model, "target_names_", fold_genes[k]))
                     if not refit and mgenes != fold_genes[k]:

@@ -61,15 +61,22 @@ class Run:
     def model_dir(self, model: str, fold: int | None) -> Path:
         return self.dir / "models" / model / ("all" if fold is None else f"fold_{fold}")
 
-    def features_path(self, fold: int | None) -> Path:
-        """Folder of the fitted FeatureBuilder (``features/fold_<k>`` or ``features/all``)."""
-        return self.dir / "features" / ("all" if fold is None else f"fold_{fold}")
+    def features_path(self, fold: int | None, model: str | None = None) -> Path:
+        """Folder of the fitted FeatureBuilder (``features/fold_<k>`` or ``features/all``);
+        a model with its own (a tuned model whose study chose another PCA k):
+        ``features/<model>/fold_<k>``."""
+        part = "all" if fold is None else f"fold_{fold}"
+        own = self.dir / "features" / model / part if model else None
+        return own if own is not None and own.is_dir() else self.dir / "features" / part
 
-    def feature_builder(self, fold: int | None):
+    def own_features(self, model: str, fold: int | None) -> bool:
+        return self.features_path(fold, model) != self.features_path(fold)
+
+    def feature_builder(self, fold: int | None, model: str | None = None):
         """The fitted :class:`tabst.dataset.FeatureBuilder` of a fold (None: the refit's)."""
         from ..dataset import FeatureBuilder
 
-        p = self.features_path(fold)
+        p = self.features_path(fold, model)
         check_legacy_file(p)  # refuses the fold_<k>.joblib of older run folders: pickles run code
         if p.is_dir():
             return FeatureBuilder.load(p)

@@ -191,6 +191,10 @@ class TabstModel:
     DEFAULTS: dict = {}
     RULES: dict = {}
     handles_nan = False
+    #: ``fn(round, validation_loss)`` called after each boosting round / epoch of models that
+    #: train iteratively (XGBoost, TabNet) on their inner validation set; set by the tuner
+    #: (:mod:`tabst.tuning`) to prune a trial, which it does by raising from the callback.
+    round_callback = None
 
     def __init__(self, **params):
         allowed = {**COMMON_DEFAULTS, **type(self).DEFAULTS}

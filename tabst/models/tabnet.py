@@ -186,13 +186,17 @@ class TabNetModel(TabstModel):
         self.batch_size_, self.virtual_batch_size_ = self._clamp(
             p["batch_size"], p["virtual_batch_size"], len(tr))
 
+        hook = self.round_callback
+
         class _Bar(Callback):
-            def __init__(self, bar, task):
+            def __init__(self, bar, task, supervised=False):
                 super().__init__()
-                self.bar, self.task = bar, task
+                self.bar, self.task, self.supervised = bar, task, supervised
 
             def on_epoch_end(self, epoch, logs=None):
                 self.bar.advance(self.task)
+                if hook is not None and self.supervised and logs and "val_mse" in logs:
+                    hook(epoch, float(logs["val_mse"]))
 
         pretrainer = None
         self.pretrain_history_ = []
@@ -220,7 +224,7 @@ class TabNetModel(TabstModel):
                           virtual_batch_size=self.virtual_batch_size_,
                           num_workers=p["num_workers"], drop_last=True,
                           from_unsupervised=pretrainer, compute_importance=False,
-                          callbacks=[_Bar(bar, task)])
+                          callbacks=[_Bar(bar, task, supervised=True)])
         self.history_ = [float(v) for v in self.net_.history.history.get("val_mse", [])]
         self.ig_max_residual_ = self.ig_total_residual_ = float("nan")
         if self.device_ == "cuda":

@@ -108,12 +108,16 @@ class XGBoostModel(TabstModel):
             evals = [(xgb.QuantileDMatrix(X[va], Z[va], ref=dtrain, max_bin=p["max_bin"]), "val")]
         self.evals_result_ = {}
 
+        hook = self.round_callback
+
         class _Bar(xgb.callback.TrainingCallback):
             def __init__(self, bar, task):
                 self.bar, self.task = bar, task
 
             def after_iteration(self, model, epoch, evals_log):
                 self.bar.advance(self.task)
+                if hook is not None and evals_log.get("val"):
+                    hook(epoch, float(evals_log["val"]["rmse"][-1]))
                 return False
 
         with progress(transient=True, unit="rounds") as bar:
