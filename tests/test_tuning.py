@@ -211,3 +211,28 @@ def test_a_tuned_model_with_its_own_features_is_explained(tmp_path):
     res, info = explain_run(run, models=["xgboost+tuned"], top_genes=2, show_progress=False)
     r = res["xgboost+tuned"]
     assert r.values.shape[1] == len(r.features) and not info["warnings"]
+
+
+def test_an_interrupted_run_resumes_its_studies(tmp_path, monkeypatch):
+    """A run that dies after its studies ran leaves nothing at --out but keeps the studies
+    beside it; the rerun loads them (no new trials: the budget is spent) and then cleans up."""
+    import tabst.tuning as tuning
+
+    p = store(tmp_path)
+    kw = dict(models="tree", overrides=TUNE + ["tune.trials=2"], show_progress=False,
+              render=False)
+
+    def boom(self, tmp):
+        raise RuntimeError("interrupted")
+    monkeypatch.setattr(tuning.Tuner, "finish", boom)
+    with pytest.raises(RuntimeError):
+        run_compare(p, "quick", tmp_path / "run", **kw)
+    assert not (tmp_path / "run").exists() and study_dir(tmp_path / "run").is_dir()
+    monkeypatch.undo()
+    stamp = {q.name: q.read_bytes() for q in study_dir(tmp_path / "run").glob("tree/*.log")}
+    run = run_compare(p, "quick", tmp_path / "run", **kw)
+    t = pd.read_csv(run / "tuning.csv")
+    assert len(t) == 2 * 5 and not study_dir(tmp_path / "run").exists()
+    # the very journals of the first run (their trials' timestamps): loaded, not redone
+    after = {q.name: q.read_bytes() for q in (run / "tuning" / "tree").glob("*.log")}
+    assert set(after) == set(stamp) and all(after[k].startswith(v) for k, v in stamp.items())
