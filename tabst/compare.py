@@ -51,6 +51,7 @@ from pathlib import Path
 import numpy as np
 
 from . import cost
+from .compare_support import _codec_label, _fit_notes, _Null, _own_features, _tuner
 from .config import dump_config, load_config, model_params
 from .errors import StoreError, TabstError
 from .evaluate import METRICS, make_folds, score_fold
@@ -274,6 +275,7 @@ def _compare_in(f, cfg, tmp: Path, REGISTRY, FeatureBuilder, load_targets, rows_
             t_build = time.perf_counter() - t0
             timing["features_seconds"] += t_build
             fb.save(tmp / "features" / f"fold_{fold.k}")
+            own = {}  # feature matrices of models that want another feature set, per spec
             fnames = list(fb.feature_names_)
             fgroups = list(fb.feature_groups_)
             n_features = Xtr.shape[1]
@@ -327,6 +329,9 @@ def _compare_in(f, cfg, tmp: Path, REGISTRY, FeatureBuilder, load_targets, rows_
                         if fbt is not None:
                             fbt.save(tmp / "features" / name / f"fold_{fold.k}")
                     model = REGISTRY[tuned.get(name, name)](**params)
+                    if name not in tuned and model.feature_spec(spec) != spec:  # e.g. context
+                        Xa, Xb, fn, fg = _own_features(own, FeatureBuilder, f, model.feature_spec(
+                            spec), tr, te, tmp / "features" / name / f"fold_{fold.k}")
                     labels[name] = model.display_name + (" (tuned)" if name in tuned else "")
                     codecs[name] = _codec_label(model)
                     model.fit(Xa, Ytr, groups=fit_groups[fold.train], feature_names=fn,
@@ -375,6 +380,7 @@ def _compare_in(f, cfg, tmp: Path, REGISTRY, FeatureBuilder, load_targets, rows_
             fb.fit(f, rows)
             Xall = np.asarray(fb.transform(f, rows), dtype=np.float32)
             fb.save(tmp / "features" / "all")
+            own = {}
             timing["features_seconds"] += time.perf_counter() - t0
             genes_all = [store_genes[j] for j in sel_all]
             cols = ycols(sel_all)
@@ -397,6 +403,10 @@ def _compare_in(f, cfg, tmp: Path, REGISTRY, FeatureBuilder, load_targets, rows_
                             if fbt is not None:
                                 fbt.save(tmp / "features" / name / "all")
                         model = REGISTRY[tuned.get(name, name)](**params)
+                        if name not in tuned and model.feature_spec(spec) != spec:
+                            Xa, _, fn, fg = _own_features(own, FeatureBuilder, f,
+                                                          model.feature_spec(spec), rows, None,
+                                                          tmp / "features" / name / "all")
                         model.fit(Xa, Yall, groups=fit_groups, feature_names=fn,
                                   feature_groups=fg, target_names=genes_all)
                         model.save(tmp / "models" / name / "all")
@@ -460,52 +470,6 @@ def _compare_in(f, cfg, tmp: Path, REGISTRY, FeatureBuilder, load_targets, rows_
             "ranked_by": str(lb["ranked_by"].iloc[0]),
             "leaderboard_notes": [f"WARNING: {w}" for w in warns]
             + leaderboard_notes(lb, pf, cfg["primary_metric"]) + _fit_notes(pf, clip)}
-
-
-def _tuner(f, cfg, spec, out: Path, clip: bool, regions, folds):
-    """(Tuner or None, {tuned key: model}) for ``cfg["tune"]`` (:mod:`tabst.tuning`)."""
-    if not cfg["tune"]["enabled"] or not cfg["tune"]["models"]:
-        return None, {}
-    from .tuning import Tuner, study_dir
-
-    n = (len(folds) + (1 if cfg["refit_all"] else 0)) * len(cfg["tune"]["models"])
-    tuner = Tuner(f, cfg, spec, out_dir=study_dir(out), clip=clip, regions=regions, n_studies=n)
-    t = cfg["tune"]
-    budget = "" if t["minutes"] is None else f", at most {t['minutes']} min in all"
-    sys.stderr.write(f"note: tuning {', '.join(tuner.models)} with Optuna inside each fold "
-                     f"({t['trials']} trials per study, {t['inner_folds']} inner folds by "
-                     f"sample{budget})\n")
-    return tuner, tuner.keys()
-
-
-def _fit_notes(pf, clip: bool) -> list[str]:
-    """Leaderboard notes on how the numbers were made: subsampled fits, clipping."""
-    notes = []
-    if "n_fit" in pf:
-        ok = pf[(pf["status"] == "ok") & (pf["n_fit"] < pf["n_train"])]
-        for m, grp in ok.groupby("model", sort=False):
-            notes.append(f"{m} was fitted on {int(grp['n_fit'].median()):,} of "
-                         f"{int(grp['n_train'].median()):,} training rows per fold (median; "
-                         "max_train_cells_per_group); the other models on every row.")
-    n = int(pf["n_clipped"].fillna(0).sum()) if clip and "n_clipped" in pf else 0
-    if n:
-        notes.append(f"{n:,} negative predictions were clipped at 0 before scoring, as `tabst "
-                     "predict` writes them (clip_predictions; n_clipped in per_fold.csv).")
-    return notes
-
-
-class _Null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
-
-
-def _codec_label(model) -> str:
-    p = getattr(model, "params", {})
-    c = p.get("codec", "identity")
-    return f"pca{p.get('codec_k')}" if c == "pca" else str(c)
 
 
 __all__ = ["run_compare", "leaderboard_frame", "leaderboard_table", "resolve_embedding",

@@ -146,7 +146,8 @@ class FeatureBuilder:
                 D = int(f[f"embeddings/{self.embedding_name_}"].shape[1])
                 self.embedding_dim_ = D
                 n_pc = max(sp["embedding"]["pca"] or 0,
-                           sp["neighbourhood"]["components"] if sp["neighbourhood"] else 0)
+                           sp["neighbourhood"]["components"] if sp["neighbourhood"] else 0,
+                           sp["context"]["components"] if sp["context"] else 0)
                 if n_pc or sp["embedding"]["standardize"]:
                     self._fit_pca(f, rows, min(n_pc, D, len(rows)))
             self.position_, self.position_reason_ = resolve_position(
@@ -296,6 +297,12 @@ class FeatureBuilder:
             c = min(sp["neighbourhood"]["components"], self.pca_components_.shape[0])
             names += [f"nbr_pc{i + 1}" for i in range(c)]
             groups += ["neighbourhood"] * c
+        if sp["context"]:
+            from .context_features import context_layout
+
+            cn, cg = context_layout(sp["context"]["k"], self._context_pcs(), self.extra_features_)
+            names += cn
+            groups += cg
         # columns before the dropped ones are never dropped (embedding), so position = index
         drop = {(d["group"], d["name"]) for d in self.dropped_constant_}
         self._keep = np.asarray([(g, nm) not in drop for nm, g in zip(names, groups)], dtype=bool)
@@ -335,7 +342,7 @@ class FeatureBuilder:
                 t = read_strings(f["cells/tissue"])[rows]
                 col = put(col, np.column_stack([t == name for name in self.tissues_]))
             samples = None
-            if self.position_ or sp["neighbourhood"]:
+            if self.position_ or sp["neighbourhood"] or sp["context"]:
                 samples = read_strings(f["cells/sample"])
                 xs, ys = f["cells/x"][()].astype(np.float64), f["cells/y"][()].astype(np.float64)
             if self.position_:
@@ -352,6 +359,12 @@ class FeatureBuilder:
             if sp["neighbourhood"]:
                 c = min(sp["neighbourhood"]["components"], self.pca_components_.shape[0])
                 col = put(col, self._neighbourhood(f, rows, samples, xs, ys, c))
+            if sp["context"]:
+                from .context_features import context_block
+
+                col = put(col, context_block(self, f, rows, samples, xs, ys,
+                                             sp["context"]["k"], self._context_pcs(),
+                                             self.batch_size))
         assert col == len(self._keep)
         return X
 
@@ -369,36 +382,26 @@ class FeatureBuilder:
         return (((np.asarray(E, dtype=np.float64) - self.pca_mean_) / self.pca_scale_)
                 @ self.pca_components_[:width].T).astype(np.float32)
 
-    def _neighbourhood(self, f, rows, samples, xs, ys, c):
-        from scipy.spatial import cKDTree
+    def _context_pcs(self) -> int:
+        c = self.spec["context"]["components"] if self.spec["context"] else 0
+        return min(c, self.pca_components_.shape[0]) if c and self.embedding_name_ else 0
 
-        k = self.spec["neighbourhood"]["k"]
+    def _neighbourhood(self, f, rows, samples, xs, ys, c):
+        """Mean of the first ``c`` PCs over each row's k nearest other cells of its sample."""
+        from .context_features import knn_rows
+
+        nbr, _ = knn_rows(samples, xs, ys, rows, self.spec["neighbourhood"]["k"])
         key = f"embeddings/{self.embedding_name_}"
         out = np.full((len(rows), c), np.nan, dtype=np.float32)
-        row_samples = samples[rows]
-        for s in np.unique(row_samples):
-            cells = np.flatnonzero(samples == s)  # every cell of the sample (sorted)
-            if len(cells) < 2:
-                continue
-            pcs = np.empty((len(cells), c))
-            pos = 0
-            for b in iter_batches(f, [key], self.batch_size, rows=cells):
-                m = len(b["rows"])
-                pcs[pos:pos + m] = self._project(b[key], c)
-                pos += m
-            pts = np.column_stack([xs[cells], ys[cells]])
-            kk = min(k, len(cells) - 1)
-            want = np.flatnonzero(row_samples == s)
-            local = np.searchsorted(cells, rows[want])
-            _, nn = cKDTree(pts).query(pts[local], k=kk + 1)
-            nn = nn.reshape(len(local), kk + 1)
-            # drop the cell itself (it may not come first when points coincide)
-            is_self = nn == local[:, None]
-            has_self = is_self.any(axis=1)
-            keep = ~is_self
-            keep[~has_self, -1] = False
-            nbrs = nn[keep].reshape(len(local), kk)
-            out[want] = pcs[nbrs].mean(axis=1)
+        uniq = np.unique(nbr[nbr >= 0])
+        if not len(uniq):
+            return out
+        pcs = np.concatenate([self._project(b[key], c)
+                              for b in iter_batches(f, [key], self.batch_size, rows=uniq)])
+        count = (nbr >= 0).sum(axis=1)  # k, or fewer in a small sample
+        for n_ok in np.unique(count[count > 0]):
+            sel = count == n_ok
+            out[sel] = pcs[np.searchsorted(uniq, nbr[sel, :n_ok])].mean(axis=1)
         return out
 
     def summary(self, previous: dict | None = None, fold=None) -> dict:

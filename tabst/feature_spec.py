@@ -14,6 +14,7 @@ DEFAULT_FEATURE_SET = {
     "metadata": {"tissue": True, "position": "auto"},
     "features": ["morphology"],
     "neighbourhood": None,
+    "context": None,
 }
 _TOP_KEYS = set(DEFAULT_FEATURE_SET)
 
@@ -74,6 +75,20 @@ def validate_spec(spec: dict | None) -> dict:
             raise TabstError("feature set: 'neighbourhood' averages embedding PCs, so it needs an "
                              "'embedding' section.")
         out["neighbourhood"] = nb
+    cx = out["context"]
+    if cx is not None:
+        if not isinstance(cx, dict) or set(cx) - {"k", "components"}:
+            raise TabstError("feature set: 'context' must be null or {k: int, components: int} "
+                             "(the k nearest cells' embedding PCs, /features and distance).")
+        for k in ("k", "components"):
+            _check_type(cx.get(k, 1), f"context.{k}", int, "an integer >= 0")
+        cx = {"k": int(cx.get("k", 16)), "components": int(cx.get("components", 16))}
+        if cx["k"] < 1 or cx["components"] < 0:
+            raise TabstError("feature set: context.k must be >= 1 and context.components >= 0.")
+        if emb is None and cx["components"]:
+            raise TabstError("feature set: 'context' with components needs an 'embedding' "
+                             "section (or context.components: 0).")
+        out["context"] = cx
     return out
 
 

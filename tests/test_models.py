@@ -19,6 +19,10 @@ FAST = {
                 "early_stopping_rounds": 10, "device": "cpu"},
     "tabnet": {"n_d": 8, "n_a": 8, "n_steps": 2, "max_epochs": 3, "pretrain_epochs": 2,
                "batch_size": 64, "virtual_batch_size": 32, "explain_steps": 8, "device": "cpu"},
+    "context": {"hidden": 16, "width": 8, "epochs": 3, "n_models": 2, "explain_steps": 8,
+                "batch_size": 32, "device": "cpu"},
+    "context-k0": {"hidden": 16, "width": 8, "epochs": 3, "n_models": 1, "explain_steps": 8,
+                   "batch_size": 32, "device": "cpu"},
 }
 
 
@@ -96,7 +100,8 @@ def test_models_learn(name, data):
 
 
 def test_params_and_defaults():
-    assert set(REGISTRY) == {"mean", "ridge", "ridge-hest", "tree", "xgboost", "tabnet"}
+    assert set(REGISTRY) == {"mean", "ridge", "ridge-hest", "tree", "xgboost", "tabnet",
+                             "context", "context-k0"}
     with pytest.raises(TabstError, match="unknown parameter"):
         make_model("ridge", {"alpha": 1.0})
     with pytest.raises(TabstError, match="unknown model"):

@@ -80,6 +80,7 @@ rows)`` → (Y, genes); ``rows_with_expression(store)``; ``validate_spec(spec)``
 from __future__ import annotations
 
 from .base import COMMON_DEFAULTS, Explanation, TabstModel, inner_split, resolve_device
+from .context import ContextK0Model, ContextModel
 from .mean import MeanModel
 from .ridge import RidgeModel
 from .ridge_hest import RidgeHestModel
@@ -94,6 +95,8 @@ REGISTRY: dict[str, type] = {
     "tree": TreeModel,
     "xgboost": XGBoostModel,
     "tabnet": TabNetModel,
+    "context": ContextModel,
+    "context-k0": ContextK0Model,
 }
 
 

@@ -196,6 +196,12 @@ class TabstModel:
     #: (:mod:`tabst.tuning`) to prune a trial, which it does by raising from the callback.
     round_callback = None
 
+    def feature_spec(self, spec: dict) -> dict:
+        """The feature set this model wants, given the run's (validated) one: the same, unless
+        the model needs more (``context`` adds its neighbours' block); compare then builds the
+        model its own feature matrices from the returned spec."""
+        return spec
+
     def __init__(self, **params):
         allowed = {**COMMON_DEFAULTS, **type(self).DEFAULTS}
         unknown = sorted(set(params) - set(allowed))

@@ -59,15 +59,17 @@ class Tuner:
         from ..config import model_params
         from ..dataset import FeatureBuilder
         from ..evaluate import METRIC_DIRECTION
+        from ..models import REGISTRY
         from .space import apply_features
         from .study import run_study
 
         m = base_model(key)
         base = model_params(self.cfg, m)
+        mspec = REGISTRY[m](**base).feature_spec(self.spec)  # e.g. context's neighbours
         t0 = time.perf_counter()
         res = run_study(model=m, fold=str(fold), f=self.f, rows=np.asarray(rows), Y=Y,
                         samples=np.asarray(samples), regions=None if self.regions is None
-                        else self.regions[idx], spec=self.spec, base_params=base,
+                        else self.regions[idx], spec=mspec, base_params=base,
                         model_dists=self.dists[m], feature_dists=self.feature_dists,
                         metric=self.cfg["primary_metric"],
                         direction=METRIC_DIRECTION[self.cfg["primary_metric"]], clip=self.clip,
@@ -78,7 +80,7 @@ class Tuner:
         self.t_total += time.perf_counter() - t0
         self.results[(m, str(fold))] = res
         params = {**base, **res.params}
-        spec = apply_features(self.spec, res.features)
+        spec = apply_features(mspec, res.features)
         if spec == self.spec:
             return params, Xtr, Xte, names, groups, None
         fb = FeatureBuilder(spec)

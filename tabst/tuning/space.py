@@ -38,6 +38,10 @@ DEFAULT_SPACES = {
                "learning_rate": {"float_log": [1e-3, 5e-2]},
                "pretraining_ratio": {"float": [0.2, 0.8]}, "pretrain": {"choice": [True, False]},
                "codec_k": {"choice": [8, 16, 32]}},
+    "context": {"learning_rate": {"float_log": [3e-4, 3e-3]}, "dropout": {"float": [0.0, 0.3]},
+                "hidden": {"choice": [64, 128, 256]}, "loss": {"choice": ["mse", "pearson", "mix"]}},
+    "context-k0": {"learning_rate": {"float_log": [3e-4, 3e-3]},
+                   "dropout": {"float": [0.0, 0.3]}, "hidden": {"choice": [64, 128, 256]}},
     "ridge": {},
     "features": {"embedding.pca": {"choice": [16, 32, 64, 128]}},
 }
