@@ -46,7 +46,7 @@ def test_space_syntax_and_validation():
 def test_tune_block_in_the_config():
     cfg = load_config("quick", ["tune.enabled=true"])
     t = cfg["tune"]
-    assert t["models"] == ["ridge", "tree", "xgboost", "tabnet"]  # auto: all but the mean
+    assert t["models"] == ["ridge", "tree", "xgboost", "tabnet", "context", "context-k0"]  # auto
     assert "max_depth" in t["spaces"]["xgboost"] and "embedding.pca" in t["spaces"]["features"]
     assert load_config("quick")["tune"]["enabled"] is False
     with pytest.raises(TabstError, match=r"'tune.spaces.tree': key 'max_depth': low must be"):
