@@ -17,13 +17,31 @@ from __future__ import annotations
 import numpy as np
 
 PREFIX = "context:"
+_TABLES: dict = {}   # (store key, sample, k) -> (cells, neighbours, distances); see knn_rows
+_MAX_TABLES = 64
 
 
-def knn_rows(samples, xs, ys, rows, k: int):
-    """(store rows [len(rows), k] (-1 = none), distances [len(rows), k] (NaN = none)) of the
-    ``k`` nearest *other* cells of the same sample for each of ``rows``."""
+def _sample_table(cells, xs, ys, k: int):
+    """Neighbours (store rows) and distances of every cell of one sample."""
     from scipy.spatial import cKDTree
 
+    pts = np.column_stack([xs[cells], ys[cells]])
+    kk = min(k, len(cells) - 1)
+    d, nn = cKDTree(pts).query(pts, k=kk + 1)
+    d, nn = d.reshape(len(cells), kk + 1), nn.reshape(len(cells), kk + 1)
+    # drop the cell itself (it may not come first when points coincide)
+    is_self = nn == np.arange(len(cells))[:, None]
+    keep = ~is_self
+    keep[~is_self.any(axis=1), -1] = False
+    return cells[nn[keep].reshape(len(cells), kk)], d[keep].reshape(len(cells), kk)
+
+
+def knn_rows(samples, xs, ys, rows, k: int, cache_key=None):
+    """(store rows [len(rows), k] (-1 = none), distances [len(rows), k] (NaN = none)) of the
+    ``k`` nearest *other* cells of the same sample for each of ``rows``.
+
+    With ``cache_key`` (the store's path and mtime) each sample's table is built once and
+    reused by every fold and the refit of a run (at most :data:`_MAX_TABLES` kept)."""
     rows = np.asarray(rows, dtype=np.int64)
     out = np.full((len(rows), k), -1, dtype=np.int64)
     dist = np.full((len(rows), k), np.nan)
@@ -34,19 +52,31 @@ def knn_rows(samples, xs, ys, rows, k: int):
         cells = np.flatnonzero(samples == s)  # every cell of the sample (sorted)
         if len(cells) < 2:
             continue
-        pts = np.column_stack([xs[cells], ys[cells]])
-        kk = min(k, len(cells) - 1)
+        key = None if cache_key is None else (cache_key, str(s), int(k), len(cells))
+        table = _TABLES.get(key) if key is not None else None
+        if table is None:
+            table = _sample_table(cells, xs, ys, k)
+            if key is not None:
+                while len(_TABLES) >= _MAX_TABLES:
+                    _TABLES.pop(next(iter(_TABLES)))
+                _TABLES[key] = table
+        nn, d = table
         want = np.flatnonzero(row_samples == s)
         local = np.searchsorted(cells, rows[want])
-        d, nn = cKDTree(pts).query(pts[local], k=kk + 1)
-        d, nn = d.reshape(len(local), kk + 1), nn.reshape(len(local), kk + 1)
-        # drop the cell itself (it may not come first when points coincide)
-        is_self = nn == local[:, None]
-        keep = ~is_self
-        keep[~is_self.any(axis=1), -1] = False
-        out[want, :kk] = cells[nn[keep].reshape(len(local), kk)]
-        dist[want, :kk] = d[keep].reshape(len(local), kk)
+        out[want, :nn.shape[1]] = nn[local]
+        dist[want, :nn.shape[1]] = d[local]
     return out, dist
+
+
+def store_key(f):
+    """A cache key for the neighbour tables of an open store (path + modification time)."""
+    import os
+
+    name = str(getattr(f, "filename", ""))
+    try:
+        return (os.path.abspath(name), os.stat(name).st_mtime_ns)
+    except OSError:
+        return None
 
 
 def context_layout(k: int, c: int, extra: list[dict]) -> tuple[list[str], list[str]]:
@@ -68,7 +98,7 @@ def context_block(builder, f, rows, samples, xs, ys, k: int, c: int, batch_size:
     """float32 [len(rows), k * (c + extra + 1)]: the context columns of ``rows``."""
     from .store import iter_batches
 
-    nbr, dist = knn_rows(samples, xs, ys, rows, k)
+    nbr, dist = knn_rows(samples, xs, ys, rows, k, cache_key=store_key(f))
     uniq = np.unique(nbr[nbr >= 0])
     parts = []
     if builder.embedding_name_ and c:

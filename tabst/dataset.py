@@ -388,9 +388,10 @@ class FeatureBuilder:
 
     def _neighbourhood(self, f, rows, samples, xs, ys, c):
         """Mean of the first ``c`` PCs over each row's k nearest other cells of its sample."""
-        from .context_features import knn_rows
+        from .context_features import knn_rows, store_key
 
-        nbr, _ = knn_rows(samples, xs, ys, rows, self.spec["neighbourhood"]["k"])
+        nbr, _ = knn_rows(samples, xs, ys, rows, self.spec["neighbourhood"]["k"],
+                          cache_key=store_key(f))
         key = f"embeddings/{self.embedding_name_}"
         out = np.full((len(rows), c), np.nan, dtype=np.float32)
         uniq = np.unique(nbr[nbr >= 0])

@@ -91,3 +91,28 @@ def test_context_learns_from_the_neighbours_and_k0_cannot(tmp_path):
     share = mass[g == "context:morphology"].sum() / mass.sum()
     assert share > 0.5, share
     assert r.max_additivity_error < 1e-3
+
+
+def test_deterministic_with_a_seed_and_shared_phi(tmp_path):
+    """Two fits with the same seed give the same predictions on the CPU; shared_phi shares φ's
+    body between the cell and its neighbours (fewer parameters), and round-trips save/load."""
+    from tabst.models import load_model, make_model
+
+    rng = np.random.default_rng(0)
+    n, k, w = 240, 4, 3
+    names = ["a", "b"] + [f"ctx{j}_{c}" for j in range(1, k + 1) for c in ("pc1", "m", "dist")]
+    groups = ["embedding", "morphology"] + ["context:embedding", "context:morphology",
+                                            "context:position"] * k
+    X = rng.normal(size=(n, len(names))).astype(np.float32)
+    Y = X[:, 2:].reshape(n, k, w)[:, :, 1].mean(axis=1, keepdims=True) * np.array([[1.0, -2.0]])
+    grp = np.repeat(["s0", "s1", "s2"], n // 3)
+    p = dict(CTX, k=k, epochs=5)
+    kw = dict(groups=grp, feature_names=names, feature_groups=groups)
+    a = make_model("context", p).fit(X, Y, **kw)
+    b = make_model("context", p).fit(X, Y, **kw)
+    assert np.array_equal(a.predict(X), b.predict(X)) and a.nbr_idx_.shape == (k, w)
+    s = make_model("context", dict(p, shared_phi=True)).fit(X, Y, **kw)
+    count = [sum(t.numel() for t in m.nets_[0].parameters()) for m in (a, s)]
+    assert count[1] < count[0]
+    s.save(tmp_path / "m")
+    assert np.array_equal(load_model(tmp_path / "m").predict(X), s.predict(X))

@@ -10,6 +10,8 @@ Parameters (``DEFAULTS``)
 -------------------------
 k : 16 neighbours (0 = the cell alone: the ablation ``context-k0``).
 components : 16 embedding PCs per neighbour.  hidden : 256.  width : 128 (φ output).
+shared_phi : False (True: the cell and its neighbours share φ's body; each keeps its own input
+layer, as their columns differ: the cell has tissue / position, a neighbour its distance).
 dropout : 0.1.  loss : ``mse`` | ``pearson`` (1 - per-cell Pearson across outputs, the Crunch
 metric's smooth cousin) | ``cosine`` | ``mix`` (``mix_weight`` · mse + (1 - it) · pearson).
 learning_rate : 1e-3 (AdamW).  weight_decay : 1e-4.  epochs : 40.  patience : 6 (early
@@ -35,13 +37,18 @@ from .params import DEVICE_RULE
 LOSSES = ("mse", "pearson", "cosine", "mix")
 
 
-def _net(n_cell: int, w: int, k: int, out: int, hidden: int, width: int, dropout: float):
+def _net(n_cell: int, w: int, k: int, out: int, hidden: int, width: int, dropout: float,
+         shared: bool = False):
     import torch
     from torch import nn
 
+    def trunk():
+        return nn.Sequential(nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, width), nn.ReLU())
+
+    body = trunk() if shared else None  # shared: one φ body, an input layer per item type
+
     def mlp(i):
-        return nn.Sequential(nn.Linear(i, hidden), nn.ReLU(), nn.Dropout(dropout),
-                             nn.Linear(hidden, width), nn.ReLU())
+        return nn.Sequential(nn.Linear(i, hidden), body if shared else trunk())
 
     class DeepSet(nn.Module):
         def __init__(self):
@@ -65,13 +72,14 @@ def _net(n_cell: int, w: int, k: int, out: int, hidden: int, width: int, dropout
 class ContextModel(TabstModel):
     __doc__ = __doc__
     name = "context"
-    DEFAULTS = {"k": 16, "components": 16, "hidden": 256, "width": 128, "dropout": 0.1,
+    DEFAULTS = {"k": 16, "components": 16, "hidden": 256, "width": 128, "shared_phi": False,
+                "dropout": 0.1,
                 "loss": "mse", "mix_weight": 0.5, "learning_rate": 1e-3, "weight_decay": 1e-4,
                 "epochs": 40, "patience": 6, "batch_size": 256, "n_models": 3,
                 "val_fraction": 0.2, "device": "auto", "explain_steps": 32, "codec": "identity"}
     _POS = {"kind": "int", "low": 1}
     RULES = {"k": {"kind": "int", "low": 0}, "components": {"kind": "int", "low": 0},
-             "hidden": _POS, "width": _POS,
+             "hidden": _POS, "width": _POS, "shared_phi": {"kind": "bool"},
              "dropout": {"kind": "float", "low": 0, "high": 1, "high_open": True},
              "loss": {"kind": "word", "choices": LOSSES},
              "mix_weight": {"kind": "float", "low": 0, "high": 1},
@@ -158,7 +166,7 @@ class ContextModel(TabstModel):
         self.dims_ = dict(n_cell=len(self.cell_idx_), w=int(self.nbr_idx_.shape[1])
                           if len(self.nbr_idx_) else 0, k=int(len(self.nbr_idx_)),
                           out=int(Z.shape[1]), hidden=int(p["hidden"]), width=int(p["width"]),
-                          dropout=float(p["dropout"]))
+                          dropout=float(p["dropout"]), shared=bool(p["shared_phi"]))
         self.nets_, self.history_ = [], []
         for i in range(int(p["n_models"])):
             net, hist = self._train_one(i, cell, nbr, Zs, tr, va)
