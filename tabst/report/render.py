@@ -2,7 +2,8 @@
 
 Computing and rendering are separate: :func:`render_report` reads only the files of the run folder
 (``run.json``, ``config.yaml``, ``leaderboard.csv``, ``per_sample.csv``, ``per_gene.csv``,
-``per_fold.csv``, ``predictions.h5``), so ``tabst report RUN`` rebuilds the page anywhere.
+``per_fold.csv``, ``predictions.h5``; a tuned run's ``tuning.csv`` and ``tuning/``), so ``tabst
+report RUN`` rebuilds the page anywhere.
 
 The page is one offline file: CSS inline, figures as base64 PNG (matplotlib, Agg), no script and no
 remote URL. It is sized for a projector (large type, high contrast) and prints cleanly (print
@@ -29,6 +30,7 @@ from .tables import (
     unit_words,
 )
 from .thumbnail import cached_spot_diameter
+from .tuning import load_tuning, tuning_section
 
 TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
 REQUIRED = ("run.json", "leaderboard.csv", "per_sample.csv", "per_gene.csv", "predictions.h5")
@@ -57,6 +59,7 @@ def load_run(run_dir) -> dict:
         "per_sample": _read_csv(run_dir / "per_sample.csv"),
         "per_gene": _read_csv(run_dir / "per_gene.csv"),
         "per_fold": per_fold,
+        "tuning": load_tuning(run_dir, run),   # None: not a tuned run
     }
 
 
@@ -248,6 +251,8 @@ def _context(R: dict, run_dir: Path, dpi: int, run_name: str) -> dict:
         "seeds": run.get("seeds") or {}, "timing": run.get("timing") or {},
         "provenance": _short(store.get("provenance")),
         "command": " ".join(run.get("command") or []),
+        "tuning": tuning_section(R.get("tuning"), lb, R["per_fold"], labels, order_m, labels_m,
+                                 direction, dpi),
         "fmt": fmt,
     }
 
