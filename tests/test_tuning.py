@@ -195,19 +195,21 @@ def test_tuning_beats_a_clearly_wrong_default(tmp_path):
 
 
 def test_a_tuned_model_with_its_own_features_is_explained(tmp_path):
-    """The study picks PCA k = 4 (the only choice) where the preset uses 32: the tuned model gets
-    its own feature builder (features/xgboost+tuned/...), and explain uses it."""
+    """The study picks PCA k = 4 or 8 where the preset uses 32 (= the embedding's 16 dims): the
+    tuned model gets its own feature builder (features/xgboost+tuned/...), and explain uses
+    it."""
     from tabst.explain.run import explain_run
 
     p = store(tmp_path)
     run = run_compare(p, "quick", tmp_path / "run", models="xgboost",
                       overrides=TUNE + ["tune.trials=2", "xgboost.n_estimators=10",
-                                        "tune.spaces.features={embedding.pca: {choice: [4]}}"],
+                                        "tune.spaces.features={embedding.pca: {choice: [4, 8]}}"],
                       show_progress=False, render=False)
     own = run / "features" / "xgboost+tuned"
     assert (own / "fold_0").is_dir() and (own / "all").is_dir()
     spec = json.loads((own / "fold_0" / "features.json").read_text())
-    assert "4" in json.dumps(spec) and (run / "models" / "xgboost+tuned" / "fold_0").is_dir()
+    assert spec["spec"]["embedding"]["pca"] in (4, 8)
+    assert (run / "models" / "xgboost+tuned" / "fold_0").is_dir()
     res, info = explain_run(run, models=["xgboost+tuned"], top_genes=2, show_progress=False)
     r = res["xgboost+tuned"]
     assert r.values.shape[1] == len(r.features) and not info["warnings"]

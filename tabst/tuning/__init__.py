@@ -27,6 +27,30 @@ def study_dir(out: Path) -> Path:
     return out.parent / f".{out.name}.tuning"
 
 
+def _fit_pca_space(f, spec: dict, dists: list) -> list:
+    """The PCA-k choices the embedding can give (k above its dimension = the dimension; a
+    single left = nothing to search); none without an embedding."""
+    from dataclasses import replace
+
+    emb = spec.get("embedding")
+    out = []
+    for d in dists:
+        if d.key != "embedding.pca":
+            out.append(d)
+            continue
+        name = (emb or {}).get("name")
+        if emb is None or not name or f"embeddings/{name}" not in f:
+            continue
+        D = int(f[f"embeddings/{name}"].shape[1])
+        if d.kind == "choice":
+            vals = tuple(sorted({min(int(v), D) for v in d.values}))
+            if len(vals) > 1:
+                out.append(replace(d, values=vals))
+        elif d.values[0] < D:
+            out.append(replace(d, values=(d.values[0], min(d.values[1], D))))
+    return out
+
+
 class Tuner:
     """Runs the studies of one compare run and hands the compare loop the tuned inputs."""
 
@@ -41,8 +65,7 @@ class Tuner:
         self.dists = {m: model_space(m, t["spaces"].get(m, {}), f"tune.spaces.{m}")
                       for m in self.models}
         self.feature_dists = feature_space(t["spaces"].get("features", {}), "tune.spaces.features")
-        if spec.get("embedding") is None:  # no embedding, no PCA k to search
-            self.feature_dists = [d for d in self.feature_dists if d.key != "embedding.pca"]
+        self.feature_dists = _fit_pca_space(f, spec, self.feature_dists)
         self.seconds = None if t["minutes"] is None else t["minutes"] * 60.0 / max(1, n_studies)
         self.results: dict = {}   # (model, fold) -> TuneResult
         self.t_total = 0.0
@@ -90,6 +113,12 @@ class Tuner:
                                                         dtype=np.float32)
         return params, Xtr, Xte, list(fb.feature_names_), list(fb.feature_groups_), fb
 
+    def spaces(self) -> dict:
+        """The spaces searched (the PCA-k choices as fitted to the embedding's dimension)."""
+        feats = {d.key: {d.kind: list(d.values)} for d in self.feature_dists}
+        out = {m: {d.key: {d.kind: list(d.values)} for d in ds} for m, ds in self.dists.items()}
+        return {**out, "features": feats}
+
     def frame(self):
         import pandas as pd
 
@@ -102,7 +131,7 @@ class Tuner:
         """run.json ``tuning``: per model and fold the best parameters and scores."""
         out = {"trials": self.cfg["tune"]["trials"], "minutes": self.cfg["tune"]["minutes"],
                "inner_folds": self.cfg["tune"]["inner_folds"], "seconds": round(self.t_total, 3),
-               "spaces": self.cfg["tune"]["spaces"], "models": {}}
+               "spaces": self.spaces(), "models": {}}
         for (m, fold), r in self.results.items():
             out["models"].setdefault(m, {})[fold] = {
                 "params": r.params, "features": r.features, "best_inner": r.best_value,

@@ -145,13 +145,13 @@ def run_study(*, model: str, fold: str, f, rows, Y, samples, regions, spec: dict
     study = optuna.create_study(
         study_name=name, storage=JournalStorage(JournalFileBackend(str(storage))),
         load_if_exists=True, direction="maximize" if direction > 0 else "minimize",
-        sampler=optuna.samplers.TPESampler(seed=seed),
+        sampler=optuna.samplers.TPESampler(seed=fold_seed(seed, fold)),
         pruner=optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=5)
         if pruning else optuna.pruners.NopPruner())
     done = [t for t in study.trials if t.state.is_finished()]
     # a resumed study draws from seed + its stored trials: reruns of the same resume agree
     # (Optuna keeps no sampler state, so a resumed study is not the uninterrupted one)
-    study.sampler = optuna.samplers.TPESampler(seed=seed + len(study.trials))
+    study.sampler = optuna.samplers.TPESampler(seed=fold_seed(seed, fold) + len(study.trials))
     if not study.trials:
         from ..config import model_defaults
 
@@ -170,6 +170,22 @@ def run_study(*, model: str, fold: str, f, rows, Y, samples, regions, spec: dict
     return _result(study, model, fold, model_dists, t0)
 
 
+def _inner_score(t, S) -> float:
+    """The trial's inner score: its value when complete; for a pruned trial the mean of the
+    inner folds it finished (NaN if none: Optuna's stored value is then a validation loss)."""
+    if t.state == S.COMPLETE and t.value is not None:
+        return float(t.value)
+    done = [v for v in t.user_attrs.get("inner_scores", []) if v is not None]
+    return float(np.nanmean(done)) if done else float("nan")
+
+
+def fold_seed(seed: int, fold: str) -> int:
+    """A study's sampler seed: the run's seed and the fold (each fold explores its own way)."""
+    import zlib
+
+    return (int(seed) * 1_000_003 + zlib.crc32(str(fold).encode())) % (2 ** 31)
+
+
 def _result(study, model: str, fold: str, model_dists, t0) -> TuneResult:
     import optuna
 
@@ -186,7 +202,7 @@ def _result(study, model: str, fold: str, model_dists, t0) -> TuneResult:
         records.append({"model": model, "fold": fold, "trial": t.number,
                         "state": t.state.name.lower(), "pruned": t.state == S.PRUNED,
                         "default": bool(t.user_attrs.get("default", False)),
-                        "inner_score": t.value if t.value is not None else float("nan"),
+                        "inner_score": _inner_score(t, S),
                         "inner_scores": json.dumps(t.user_attrs.get("inner_scores", [])),
                         "params": json.dumps(t.params, sort_keys=True, default=str),
                         "seconds": round(dur, 3),
