@@ -22,14 +22,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import signal
 import time
 from pathlib import Path
 
 import numpy as np
 
 from . import __version__
+from .embed_loop import KILL_ENV, SimulatedInterruption, run_batches  # noqa: F401 (API)
 from .errors import InputError, StoreError, TabstError
 from .morphology import (
     DEFAULT_K,
@@ -39,18 +38,12 @@ from .morphology import (
     feature_layout,
     neighbourhood_features,
 )
-from .patch_batches import PatchBatches, _create_rows_dataset, _worker_init, default_workers
+from .patch_batches import PatchBatches, _create_rows_dataset, default_workers
 from .patches import parse_patch_size, sample_patch_sizes
 from .spots import is_spot_images
 
 CENTRE_CONVENTION = ("patch rows floor(y)-P//2 .. floor(y)-P//2+P-1 (same for x); the pixel "
                      "containing (x, y) is at index P//2; zero outside the image")
-KILL_ENV = "TABST_EMBED_KILL_AFTER"  # tests: SIGKILL self after writing N batches' data
-
-
-class SimulatedInterruption(RuntimeError):
-    """Raised by the ``_stop_after_batches`` test hook (an interruption after a flushed batch)."""
-
 
 # ---------------------------------------------------------------------------------------------
 # naming, settings, store datasets
@@ -459,7 +452,7 @@ def _pipeline(store_path, *, encoder: str | None, layer: str | None = None, patc
                            want_patches=emb is not None,
                            feature_cols=feat["names"] if feat is not None else None,
                            neigh=neigh, row_values=row_values)
-    _run_batches(store_path, dataset, range(first_batch, n_batches), n, start,
+    run_batches(store_path, dataset, range(first_batch, n_batches), n, start,
                  model=model if emb is not None else None, dev=dev,
                  emb_name=emb["name"] if emb is not None else None, feat=feat is not None,
                  precision=emb["settings"]["precision"] if emb is not None else "float32",
@@ -469,86 +462,3 @@ def _pipeline(store_path, *, encoder: str | None, layer: str | None = None, patc
                  t_start=t_start, label=(f"embedding {emb['name']}" if emb is not None
                         else f"features/{FEATURES_NAME}"))
     return name
-
-
-def _run_batches(store_path, dataset, batch_ids, n, start, *, model, dev, emb_name, feat,
-                 workers, precision, show_progress, stop_after, label, t_start):
-    from contextlib import nullcontext
-
-    from .store import now_utc, open_store
-    from .util import progress
-
-    workers = max(0, workers)
-    if model is not None or workers:
-        import torch
-        from torch.utils.data import DataLoader
-
-        loader = DataLoader(dataset, batch_size=None, sampler=list(batch_ids),
-                            num_workers=workers, pin_memory=(dev == "cuda"),
-                            worker_init_fn=_worker_init if workers else None,
-                            prefetch_factor=4 if workers else None, persistent_workers=False)
-        grad_off = torch.inference_mode()
-    else:  # features only, in this process: no torch needed at all
-        loader, grad_off = (dataset[k] for k in batch_ids), nullcontext()
-    if model is not None:
-        model = model.to(dev)
-        if dev == "cuda":
-            from .encoders.batching import autocast_dtype
-
-            amp_dtype = autocast_dtype(precision)
-            torch.backends.cudnn.benchmark = False
-            torch.backends.cudnn.deterministic = True
-    kill_after = int(os.environ.get(KILL_ENV, "0") or 0)
-    t_setup = time.perf_counter() - t_start
-    it = iter(loader)  # workers fork here, before the store is opened for writing
-    t0 = time.perf_counter()
-    f = open_store(store_path, "r+")
-    done_batches = 0
-    try:
-        ds_e = f[f"embeddings/{emb_name}"] if model is not None else None
-        ds_f = f[f"features/{FEATURES_NAME}"] if feat else None
-        with progress(unit="patches", transient=False) as bar, grad_off:
-            task = bar.add_task(label, total=n, completed=start, visible=show_progress)
-            if not show_progress:
-                bar.stop()
-            for b in it:
-                if "error" in b:
-                    raise b["error"]
-                rows = np.asarray(b["rows"])
-                lo, hi = int(rows[0]), int(rows[-1]) + 1
-                if ds_e is not None:
-                    xb = b["patches"]
-                    xb = xb.to(dev, non_blocking=True) if dev == "cuda" else xb
-                    if dev == "cuda":
-                        with torch.autocast("cuda", dtype=amp_dtype):
-                            out = model(xb)
-                    else:
-                        out = model(xb)
-                    ds_e[lo:hi] = out.float().cpu().numpy()
-                if ds_f is not None:
-                    ds_f[lo:hi] = np.asarray(b["features"], dtype=np.float32)
-                f.flush()
-                done_batches += 1
-                if kill_after and done_batches >= kill_after:
-                    os.kill(os.getpid(), signal.SIGKILL)  # tests: data written, marker not
-                for ds in (ds_e, ds_f):
-                    if ds is not None and int(ds.attrs["rows_done"]) < hi:
-                        ds.attrs["rows_done"] = hi
-                f.flush()
-                bar.update(task, completed=hi)
-                if stop_after is not None and done_batches >= stop_after:
-                    raise SimulatedInterruption(f"stopped after {done_batches} batches (test hook)")
-        loop_s = time.perf_counter() - t0
-        for ds in (ds_e, ds_f):
-            if ds is not None:
-                ds.attrs["rows_done"] = n
-                ds.attrs["completed_utc"] = now_utc()
-                # timing of the last (possibly resumed) run: rows it computed, setup and loop time
-                ds.attrs["last_run_rows"] = n - start
-                ds.attrs["last_run_setup_s"] = round(t_setup, 3)
-                ds.attrs["last_run_loop_s"] = round(loop_s, 3)
-                ds.attrs["complete"] = True
-        f.flush()
-    finally:
-        f.close()
-        del it
