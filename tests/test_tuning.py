@@ -53,6 +53,9 @@ def test_tune_block_in_the_config():
         load_config("quick", ["tune.spaces.tree={max_depth: {int: [5, 2]}}"])
     with pytest.raises(TabstError, match="names 'tabnet', which is not in 'models'"):
         load_config("quick", ["tune.models=[tabnet]"], models="ridge")
+    assert t["fixed"] == {"xgboost": {"n_estimators": 400, "early_stopping_rounds": 20}}
+    with pytest.raises(TabstError, match=r"tune.fixed.xgboost': xgboost.n_estimators must be"):
+        load_config("quick", ["tune.fixed={xgboost: {n_estimators: 0}}"])
     with pytest.raises(TabstError, match="tune.trails' is unknown"):
         load_config("quick", ["tune.trails=3"])
     with pytest.raises(TabstError, match="tune.spaces.features': unknown key 'pca'"):

@@ -87,7 +87,7 @@ class Tuner:
         from .study import run_study
 
         m = base_model(key)
-        base = model_params(self.cfg, m)
+        base = {**model_params(self.cfg, m), **self.cfg["tune"]["fixed"].get(m, {})}
         mspec = REGISTRY[m](**base).feature_spec(self.spec)  # e.g. context's neighbours
         t0 = time.perf_counter()
         res = run_study(model=m, fold=str(fold), f=self.f, rows=np.asarray(rows), Y=Y,

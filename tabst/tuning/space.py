@@ -170,7 +170,11 @@ def apply_features(spec: dict, values: dict) -> dict:
 
 
 TUNE_DEFAULTS = {"enabled": False, "trials": 30, "minutes": None, "inner_folds": 3,
-                 "models": "auto", "keep_default": True, "pruning": True, "spaces": {}}
+                 "models": "auto", "keep_default": True, "pruning": True, "spaces": {},
+                 "fixed": None}
+#: parameters set for every trial and the tuned refit (not searched): XGBoost's rounds come
+#: from early stopping, so a tuned learning rate is not cut short by a small round budget
+DEFAULT_FIXED = {"xgboost": {"n_estimators": 400, "early_stopping_rounds": 20}}
 
 
 def validate_tune(tune: dict, models: list[str], source: str) -> dict:
@@ -232,5 +236,30 @@ def validate_tune(tune: dict, models: list[str], source: str) -> dict:
             raise TabstError(f"{where}.models' tunes {n}, but its space is empty and so is "
                              "tune.spaces.features.")
         full[n] = {d.key: {d.kind: list(d.values)} for d in dists}
-    out["models"], out["spaces"] = tuned, full
+    fixed = DEFAULT_FIXED if out["fixed"] is None else out["fixed"]
+    if not isinstance(fixed, dict):
+        raise TabstError(f"{where}.fixed' must be a mapping model -> parameters, got {fixed!r}.")
+    full_fixed = {}
+    for n, params in fixed.items():
+        if n not in REGISTRY or not isinstance(params, dict):
+            raise TabstError(f"{where}.fixed.{n}': unknown model or not a mapping.")
+        _check_fixed(n, params, f"{where}.fixed.{n}'")
+        if n in tuned:
+            full_fixed[n] = dict(params)
+    out["models"], out["spaces"], out["fixed"] = tuned, full, full_fixed
     return out
+
+
+def _check_fixed(name: str, params: dict, where: str) -> None:
+    from ..config import model_defaults
+    from ..models import REGISTRY
+    from ..models.params import ParamError
+
+    bad = sorted(set(params) - set(model_defaults(REGISTRY[name])))
+    if bad:
+        raise TabstError(f"{where}: unknown parameter {bad[0]!r} of {name}.")
+    try:
+        REGISTRY[name](**params)
+    except ParamError as e:
+        raise TabstError(f"{where}: {name}.{e.param} must be {e.allowed}, got {e.value!r}.") \
+            from None
