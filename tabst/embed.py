@@ -291,13 +291,13 @@ def _pipeline(store_path, *, encoder: str | None, layer: str | None = None, patc
 
         dev = _resolve_device(device)
         precision = precision_of(spec, dev)
+        if str(weights) == "auto":  # recorded as what it means (a resume of older runs agrees)
+            weights = "imagenet" if spec.family == "torchvision" else "hub"
         # Build the model first: it resolves the weights (and their hash) for name + settings.
         model, info = build_encoder(encoder, layer, weights, weights_sha256, encoder_kwargs)
         if batch_size is None:
             batch_size = auto_batch_size(model, spec, dev, resize or max(sizes))
-        wname = "imagenet" if (weights == "auto" and spec.family == "torchvision") else \
-            ("hub" if weights == "auto" else weights)
-        name = name or default_name(encoder, layer, ps, resize, wname, info.weights_sha256)
+        name = name or default_name(encoder, layer, ps, resize, weights, info.weights_sha256)
         settings = {"encoder": info.encoder, "layer": layer, "weights": info.weights,
                     "weights_id": info.weights_id, "weights_sha256": info.weights_sha256,
                     "patch_size": ps, "patch_size_px": sizes_by_sample,

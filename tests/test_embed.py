@@ -132,6 +132,12 @@ def test_imagenet_from_torch_cache(tmp_path, monkeypatch):
     assert info.weights_sha256 == sha256_file(ck / "resnet18-f37072fd.pth")
     with pytest.raises(TabstError, match="no 'NOPE'"):
         build_encoder("resnet18", "layer3", "imagenet:NOPE")
+    # the default --weights auto is recorded as imagenet (the name and settings of older runs)
+    p = small_store(tmp_path, cells_per_sample=4)
+    name = embed_store(p, encoder="resnet18", batch_size=8, features=False, show_progress=False)
+    assert name == "resnet18_layer3_p32_imagenet"
+    with h5py.File(p) as f:
+        assert json.loads(f[f"embeddings/{name}"].attrs["settings"])["weights"] == "imagenet"
 
 
 def test_unknown_names():
