@@ -31,7 +31,8 @@ READABLE_GROUPS = ("morphology", "stain", "neighbourhood", "tissue", "position")
 
 def is_readable(group: str) -> bool:
     """True for groups whose features are named quantities (not embedding dimensions)."""
-    return str(group) != "embedding" and not str(group).startswith("embedding")
+    g = str(group)
+    return not g.startswith("embedding") and g != "context:embedding"
 
 
 def ordered_groups(feature_groups: Sequence[str]) -> list[str]:
