@@ -51,8 +51,15 @@ from pathlib import Path
 import numpy as np
 
 from . import cost
-from .compare_support import _codec_label, _fit_notes, _Null, _own_features, _tuner
-from .config import dump_config, load_config, model_params
+from .compare_support import (
+    _codec_label,
+    _fit_notes,
+    _Null,
+    _own_features,
+    _tuner,
+    write_run_files,
+)
+from .config import load_config, model_params
 from .errors import StoreError, TabstError
 from .evaluate import METRICS, make_folds, score_fold
 from .leaderboard import (
@@ -74,7 +81,7 @@ from .run_inputs import (
 from .run_record import _attrs, package_versions
 from .run_record import run_record as _run_record
 from .store import opened, put, read_strings
-from .util import atomic_dir, json_default, progress
+from .util import atomic_dir, progress
 
 
 # --------------------------------------------------------------------------------------------
@@ -163,19 +170,9 @@ def run_compare(store, config=None, out=None, *, overrides=(), models=None, feat
                                rows_with_expression, show_progress, out=out)
         info["timing"]["total_seconds"] = round(time.perf_counter() - t_start, 3)
         run = _run_record(cfg, store_path, info, command)
-        (tmp / "config.yaml").write_text(dump_config(cfg))
-        (tmp / "run.json").write_text(json.dumps(run, indent=1, default=json_default))
-        if render:
-            try:
-                from .report.render import render_report
+        from .report.render import render_report
 
-                render_report(tmp, run_name=out.name)
-            except Exception as e:  # the numbers are worth more than the picture
-                if is_fatal_io(e):
-                    raise
-                _write_log(tmp, "report", traceback.format_exc())
-                run["report_error"] = traceback.format_exc().strip().splitlines()[-1]
-                (tmp / "run.json").write_text(json.dumps(run, indent=1, default=json_default))
+        write_run_files(tmp, cfg, run, render_report if render else None, out.name)
     if cfg["tune"]["enabled"]:  # the studies are in the run folder now (tuning/)
         from .tuning import study_dir
 

@@ -29,7 +29,6 @@ from __future__ import annotations
 import copy
 import json
 import time
-import traceback
 from datetime import datetime
 from pathlib import Path
 
@@ -53,12 +52,10 @@ def run_multi(store, cfg: dict, out=None, *, force: bool = False, show_progress:
     ``cfg`` is a resolved config (:func:`tabst.config.load_config`); the other arguments are
     :func:`~tabst.compare.run_compare`'s. Returns the completed run folder.
     """
-    from .compare import _write_log, run_compare
-    from .config import dump_config
+    from .compare import run_compare
     from .locks import note
-    from .outputs import is_fatal_io
     from .store import opened
-    from .util import atomic_dir, json_default
+    from .util import atomic_dir
 
     t_start = time.perf_counter() if t_start is None else t_start
     names = [str(n) for n in cfg["embedding"]]
@@ -90,19 +87,10 @@ def run_multi(store, cfg: dict, out=None, *, force: bool = False, show_progress:
         run = summarize(tmp, cfg, names, command)
         run["timing"] = {"total_seconds": round(time.perf_counter() - t_start, 3),
                          "embeddings_seconds": seconds}
-        (tmp / "config.yaml").write_text(dump_config(cfg))
-        (tmp / "run.json").write_text(json.dumps(run, indent=1, default=json_default))
-        if render:
-            try:
-                from .report.multi import render_multi_report
+        from .compare_support import write_run_files
+        from .report.multi import render_multi_report
 
-                render_multi_report(tmp, run_name=out.name)
-            except Exception as e:  # the numbers are worth more than the picture
-                if is_fatal_io(e):
-                    raise
-                _write_log(tmp, "report", traceback.format_exc())
-                run["report_error"] = traceback.format_exc().strip().splitlines()[-1]
-                (tmp / "run.json").write_text(json.dumps(run, indent=1, default=json_default))
+        write_run_files(tmp, cfg, run, render_multi_report if render else None, out.name)
     return out
 
 

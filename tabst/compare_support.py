@@ -67,3 +67,30 @@ def _codec_label(model) -> str:
     p = getattr(model, "params", {})
     c = p.get("codec", "identity")
     return f"pca{p.get('codec_k')}" if c == "pca" else str(c)
+
+
+def write_run_files(tmp: Path, cfg: dict, run: dict, render, run_name: str) -> None:
+    """``config.yaml`` and ``run.json`` of a run being built, then its report via ``render``
+    (``render(tmp, run_name=...)``; None = not rendered). A rendering failure is logged and
+    recorded in ``run.json`` (``report_error``), not fatal: the numbers are worth more than the
+    picture; a full disk still stops the run."""
+    import traceback
+
+    from .config import dump_config
+    from .outputs import is_fatal_io
+    from .util import json_default
+
+    (tmp / "config.yaml").write_text(dump_config(cfg))
+    (tmp / "run.json").write_text(json.dumps(run, indent=1, default=json_default))
+    if render is None:
+        return
+    try:
+        render(tmp, run_name=run_name)
+    except Exception as e:
+        if is_fatal_io(e):
+            raise
+        from .compare import _write_log
+
+        _write_log(tmp, "report", traceback.format_exc())
+        run["report_error"] = traceback.format_exc().strip().splitlines()[-1]
+        (tmp / "run.json").write_text(json.dumps(run, indent=1, default=json_default))

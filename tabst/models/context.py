@@ -238,14 +238,13 @@ class ContextModel(TabstModel):
     def _explain(self, X):
         import torch
 
+        from .ig import complete, integrated_gradients
+
         steps = max(1, int(self.params["explain_steps"]))
         dev = self.device_
-        t = torch.as_tensor((np.arange(steps) + 0.5) / steps, dtype=torch.float32, device=dev)
-        n, F = X.shape
-        k = len(self.z_mean_)
+
         xs = torch.as_tensor((X - self.x_mean_) / self.x_scale_, dtype=torch.float32, device=dev)
-        b = torch.as_tensor((self.background_ - self.x_mean_) / self.x_scale_,
-                            dtype=torch.float32, device=dev)
+        b = (self.background_ - self.x_mean_) / self.x_scale_
         cidx = torch.as_tensor(self.cell_idx_, device=dev)
         nidx = torch.as_tensor(self.nbr_idx_.reshape(-1), device=dev)
         shape = self.nbr_idx_.shape
@@ -255,28 +254,11 @@ class ContextModel(TabstModel):
             return self._ensemble(z[:, cidx], nbr)
 
         with torch.no_grad():
-            f_base = f(b[None, :])[0].cpu().numpy().astype(np.float64)
+            f_base = f(torch.as_tensor(b[None, :], dtype=torch.float32, device=dev))[0]
+            f_base = f_base.cpu().numpy().astype(np.float64)
             f_x = f(xs).cpu().numpy().astype(np.float64)
-        ig = np.zeros((n, F, k))
-        chunk = max(1, 8192 // steps)
-        for s in range(0, n, chunk):
-            x = xs[s:s + chunk]
-            c = x.shape[0]
-            path = (b[None, None, :] + t[None, :, None] * (x - b)[:, None, :]).reshape(c * steps, F)
-            path.requires_grad_(True)
-            out = f(path)
-            for j in range(k):
-                (g,) = torch.autograd.grad(out[:, j].sum(), path, retain_graph=j < k - 1)
-                gm = g.reshape(c, steps, F).mean(dim=1)
-                ig[s:s + c, :, j] = ((x - b) * gm).double().cpu().numpy()
-        target = f_x - f_base[None, :]
-        resid = target - ig.sum(axis=1)
-        self.ig_total_residual_ = float(np.abs(resid).sum() / max(float(np.abs(target).sum()),
-                                                                  1e-12))
-        w = np.abs(ig)
-        wsum = w.sum(axis=1, keepdims=True)
-        w = np.where(wsum > 0, w / np.where(wsum > 0, wsum, 1.0), 1.0 / F)
-        ig += w * resid[:, None, :]
+        ig = integrated_gradients(f, xs, b, steps, dev)
+        ig, _, self.ig_total_residual_ = complete(ig, f_x - f_base[None, :])
         return (ig * self.z_scale_[None, None, :], self.z_mean_ + f_base * self.z_scale_,
                 f"integrated gradients of the {len(self.nets_)}-seed ensemble ({steps} steps, "
                 "baseline = training mean) + completeness correction")

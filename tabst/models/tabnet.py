@@ -247,42 +247,17 @@ class TabNetModel(TabstModel):
         return self.z_mean_ + self._forward(X) * self.z_scale_
 
     def _explain(self, X):
-        import torch
+        from .ig import complete, integrated_gradients
 
         net = self.net_.network
         net.eval()
         dev = self.net_.device
         steps = max(1, int(self.params["explain_steps"]))
-        t = torch.as_tensor((np.arange(steps) + 0.5) / steps, dtype=torch.float32, device=dev)
-        b = torch.as_tensor(self.background_, dtype=torch.float32, device=dev)
+
         f_base = self._forward(self.background_[None, :])[0]          # [k] scaled codes
         f_x = self._forward(X)                                          # [n, k]
-        n, F = X.shape
-        k = f_base.shape[0]
-        ig = np.zeros((n, F, k))
-        chunk = max(1, 8192 // steps)
-        for s in range(0, n, chunk):
-            x = torch.as_tensor(X[s:s + chunk], dtype=torch.float32, device=dev)
-            c = x.shape[0]
-            path = (b[None, None, :] + t[None, :, None] * (x - b)[:, None, :]).reshape(c * steps, F)
-            path.requires_grad_(True)
-            out = net(path)[0]                                          # [c·steps, k]
-            for j in range(k):
-                (g,) = torch.autograd.grad(out[:, j].sum(), path, retain_graph=j < k - 1)
-                gm = g.reshape(c, steps, F).mean(dim=1)
-                ig[s:s + c, :, j] = ((x - b) * gm).double().cpu().numpy()
-        target = f_x - f_base[None, :]                                  # [n, k]
-        resid = target - ig.sum(axis=1)
-        scale = np.maximum(np.abs(target), 1e-6 * max(1.0, float(np.abs(target).max(initial=0))))
-        self.ig_max_residual_ = float(np.max(np.abs(resid) / scale, initial=0.0))
-        # the share of the whole change the correction supplies (rows with a tiny change, which
-        # dominate the max, weigh by their size here)
-        self.ig_total_residual_ = float(np.abs(resid).sum() / max(float(np.abs(target).sum()),
-                                                                  1e-12))
-        w = np.abs(ig)
-        wsum = w.sum(axis=1, keepdims=True)
-        w = np.where(wsum > 0, w / np.where(wsum > 0, wsum, 1.0), 1.0 / F)
-        ig += w * resid[:, None, :]
+        ig = integrated_gradients(lambda z: net(z)[0], X, self.background_, steps, dev)
+        ig, self.ig_max_residual_, self.ig_total_residual_ = complete(ig, f_x - f_base[None, :])
         values = ig * self.z_scale_[None, None, :]
         base = self.z_mean_ + f_base * self.z_scale_
         return values, base, (f"integrated gradients ({steps} steps, baseline = training mean) "
