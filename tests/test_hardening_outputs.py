@@ -267,12 +267,12 @@ def test_compare_bad_out_disk_full_and_bad_set(tmp_path, store, monkeypatch):
     r = cli(base + ["--out", tmp_path / "r", "--set", "features.embedding.pca=abc"])
     text = no_traceback(r)
     assert r.exit_code == 1 and "features.embedding.pca" in text and "an integer" in text
-    import tabst.compare as cmp
+    import tabst.config as cfg_mod  # the run files are written through it (write_run_files)
 
     def full(*a, **k):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(cmp, "dump_config", full)
+    monkeypatch.setattr(cfg_mod, "dump_config", full)
     r = cli(base + ["--out", tmp_path / "run"])
     assert r.exit_code == 1 and "disk full" in no_traceback(r)
     assert not (tmp_path / "run").exists() and hidden(tmp_path) == []
