@@ -34,6 +34,11 @@ def b64img(fig, dpi: int, fmt: str = "png") -> str:
     return f"data:image/{fmt};base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
+def mean_sd_text(mu: float, sd: float) -> str:
+    """A leaderboard cell: ``0.412 ± 0.010``, or ``—`` when the mean is not a number."""
+    return f"{fmt(mu)} ± {fmt(sd)}" if math.isfinite(mu) else "—"
+
+
 def fmt(v, nd=3):
     """A number for a table cell: ``nd`` decimals, ``—`` for NaN/inf, scientific when tiny/huge."""
     try:

@@ -13,7 +13,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from ..errors import TabstError
-from .common import fmt
+from .common import fmt, mean_sd_text
 from .render import TEMPLATE_DIR, _read_csv, _read_json, _short
 
 REQUIRED = ("run.json", "leaderboard.csv", "encoder_table.csv")
@@ -71,7 +71,7 @@ def _context(R: dict, run_dir: Path, out: Path, run_name: str) -> dict:
         cells = []
         for m in models:
             mu, sd = float(r[f"{m}_mean"]), float(r[f"{m}_sd"])
-            cells.append({"text": f"{fmt(mu)} ± {fmt(sd)}" if math.isfinite(mu) else "—",
+            cells.append({"text": mean_sd_text(mu, sd),
                           "best": (i, m) in best["column"], "overall": (i, m) == best["overall"]})
         attrs = (run.get("embedding_attrs") or {}).get(str(r["embedding"])) or {}
         table.append({"embedding": str(r["embedding"]), "cells": cells,
@@ -87,7 +87,7 @@ def _context(R: dict, run_dir: Path, out: Path, run_name: str) -> dict:
         cells = []
         for m in metrics:
             mu, sd = float(r[f"{m}_mean"]), float(r[f"{m}_sd"])
-            cells.append({"text": f"{fmt(mu)} ± {fmt(sd)}" if math.isfinite(mu) else "—",
+            cells.append({"text": mean_sd_text(mu, sd),
                           "best": m in best_val and math.isfinite(mu)
                           and math.isclose(mu, best_val[m], rel_tol=1e-9, abs_tol=1e-12)})
         rows.append({"rank": int(r["rank"]) if bool(r["ranked"]) else "—",

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import TabstError
-from .common import b64img, corrupt, fmt, setup_mpl
+from .common import b64img, corrupt, fmt, mean_sd_text, setup_mpl
 from .maps import choose_map_sample, fig_spatial
 from .tables import (
     feature_groups,
@@ -283,7 +283,7 @@ def _leaderboard_rows(lb, ok, metrics, order_m, direction) -> list[dict]:
         cells = []
         for m in order_m:
             mu, sd = float(r[f"{m}_mean"]), float(r[f"{m}_sd"])
-            cells.append({"text": f"{fmt(mu)} ± {fmt(sd)}" if math.isfinite(mu) else "—",
+            cells.append({"text": mean_sd_text(mu, sd),
                           "best": m in best and math.isfinite(mu) and np.isclose(mu, best[m])})
         ranked = r.get("ranked", True)
         ranked = True if ranked != ranked else bool(ranked)  # NaN (older runs): ranked
