@@ -61,34 +61,29 @@ def validate_spec(spec: dict | None) -> dict:
         feats = [feats]
     _check_type(feats, "features", (list, tuple), "a list of feature-set names")
     out["features"] = [str(f) for f in feats]
-    nb = out["neighbourhood"]
-    if nb is not None:
-        if not isinstance(nb, dict) or set(nb) - {"k", "components"}:
-            raise TabstError("feature set: 'neighbourhood' must be null or "
-                             "{k: int, components: int}.")
-        for k in ("k", "components"):
-            _check_type(nb.get(k, 1), f"neighbourhood.{k}", int, "an integer >= 1")
-        nb = {"k": int(nb.get("k", 8)), "components": int(nb.get("components", 16))}
-        if nb["k"] < 1 or nb["components"] < 1:
-            raise TabstError("feature set: neighbourhood.k and .components must be >= 1.")
-        if emb is None:
-            raise TabstError("feature set: 'neighbourhood' averages embedding PCs, so it needs an "
-                             "'embedding' section.")
-        out["neighbourhood"] = nb
-    cx = out["context"]
-    if cx is not None:
-        if not isinstance(cx, dict) or set(cx) - {"k", "components"}:
-            raise TabstError("feature set: 'context' must be null or {k: int, components: int} "
-                             "(the k nearest cells' embedding PCs, /features and distance).")
-        for k in ("k", "components"):
-            _check_type(cx.get(k, 1), f"context.{k}", int, "an integer >= 0")
-        cx = {"k": int(cx.get("k", 16)), "components": int(cx.get("components", 16))}
-        if cx["k"] < 1 or cx["components"] < 0:
-            raise TabstError("feature set: context.k must be >= 1 and context.components >= 0.")
-        if emb is None and cx["components"]:
-            raise TabstError("feature set: 'context' with components needs an 'embedding' "
-                             "section (or context.components: 0).")
-        out["context"] = cx
+    out["neighbourhood"] = _knn_section(out["neighbourhood"], "neighbourhood", 8, 1,
+                                        "averages embedding PCs", emb)
+    out["context"] = _knn_section(out["context"], "context", 16, 0,
+                                  "holds the k nearest cells' embedding PCs", emb)
+    return out
+
+
+def _knn_section(value, key: str, k_default: int, c_min: int, what: str, emb):
+    """``neighbourhood`` / ``context``: null or ``{k: int >= 1, components: int >= c_min}``
+    (components default 16); embedding PCs need an ``embedding`` section."""
+    if value is None:
+        return None
+    if not isinstance(value, dict) or set(value) - {"k", "components"}:
+        raise TabstError(f"feature set: '{key}' must be null or {{k: int, components: int}} "
+                         f"(it {what}).")
+    for k in ("k", "components"):
+        _check_type(value.get(k, 1), f"{key}.{k}", int, f"an integer >= {c_min}")
+    out = {"k": int(value.get("k", k_default)), "components": int(value.get("components", 16))}
+    if out["k"] < 1 or out["components"] < c_min:
+        raise TabstError(f"feature set: {key}.k must be >= 1 and {key}.components >= {c_min}.")
+    if emb is None and out["components"]:
+        raise TabstError(f"feature set: '{key}' {what}, so it needs an 'embedding' section"
+                         + (f" (or {key}.components: 0)." if c_min == 0 else "."))
     return out
 
 
