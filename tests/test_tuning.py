@@ -56,6 +56,9 @@ def test_tune_block_in_the_config():
     assert t["fixed"] == {"xgboost": {"n_estimators": 400, "early_stopping_rounds": 20}}
     with pytest.raises(TabstError, match=r"tune.fixed.xgboost': xgboost.n_estimators must be"):
         load_config("quick", ["tune.fixed={xgboost: {n_estimators: 0}}"])
+    with pytest.raises(TabstError, match="tune.metric' must be one of"):
+        load_config("quick", ["tune.metric=pearson"])
+    assert t["metric"] is None  # the primary metric
     with pytest.raises(TabstError, match="tune.trails' is unknown"):
         load_config("quick", ["tune.trails=3"])
     with pytest.raises(TabstError, match="tune.spaces.features': unknown key 'pca'"):
@@ -195,6 +198,27 @@ def test_tuning_beats_a_clearly_wrong_default(tmp_path):
     from tabst.explain.runfolder import Run
 
     assert Run(run).feature_builder(None, "tree+tuned") is not None
+
+
+def test_trials_are_scored_on_tune_metric(tmp_path):
+    """tune.metric=mse: the studies minimise the inner MSE (best <= default, trial 0), the
+    report and run.json say so."""
+    p = store(tmp_path, cells_per_sample=40, n_genes=20)
+    run = run_compare(p, "quick", tmp_path / "run", models="tree",
+                      overrides=TUNE + ["tune.trials=4", "tune.metric=mse", "tree.max_depth=1",
+                                        "tune.spaces.tree={max_depth: {int: [1, 6]}}",
+                                        "tune.spaces.features={}"],
+                      show_progress=False, render=False)
+    tuning = json.loads((run / "run.json").read_text())["tuning"]
+    assert tuning["metric"] == "mse"
+    info = tuning["models"]["tree"]
+    assert all(r["best_inner"] <= r["default_inner"] for r in info.values()), info
+    trials = pd.read_csv(run / "tuning.csv")
+    assert (trials["inner_score"].dropna() > 0).all()  # MSEs, not correlations near 0
+    from tabst.report.tuning import load_tuning
+
+    T = load_tuning(run, json.loads((run / "run.json").read_text()))
+    assert T["metric"] == "mse" and T["direction"] < 0
 
 
 def test_a_tuned_model_with_its_own_features_is_explained(tmp_path):

@@ -100,7 +100,8 @@ def load_tuning(run_dir, run: dict) -> dict | None:
     models = list((info.get("models") or {}).keys())
     if trials is not None:
         models += [m for m in dict.fromkeys(trials["model"]) if m not in models]
-    metric = str(run.get("primary_metric") or run.get("ranked_by") or "cellwise_spearman")
+    metric = str(info.get("metric") or run.get("primary_metric") or run.get("ranked_by")
+                 or "cellwise_spearman")  # what the trials were scored on
     return {"info": info, "trials": trials, "models": models, "notes": notes, "metric": metric,
             "direction": (run.get("metric_direction") or {}).get(metric, -1 if metric == "mse"
                                                                  else 1),

@@ -69,6 +69,7 @@ class Tuner:
         self.seconds = None if t["minutes"] is None else t["minutes"] * 60.0 / max(1, n_studies)
         self.results: dict = {}   # (model, fold) -> TuneResult
         self.t_total = 0.0
+        self.metric = t["metric"] or cfg["primary_metric"]  # what the trials are scored on
 
     def keys(self) -> dict:
         return {tuned_key(m): m for m in self.models}
@@ -94,8 +95,8 @@ class Tuner:
                         samples=np.asarray(samples), regions=None if self.regions is None
                         else self.regions[idx], spec=mspec, base_params=base,
                         model_dists=self.dists[m], feature_dists=self.feature_dists,
-                        metric=self.cfg["primary_metric"],
-                        direction=METRIC_DIRECTION[self.cfg["primary_metric"]], clip=self.clip,
+                        metric=self.metric, direction=METRIC_DIRECTION[self.metric],
+                        clip=self.clip,
                         seed=int(self.cfg["seed"]), trials=self.cfg["tune"]["trials"],
                         seconds=self.seconds, n_inner=self.cfg["tune"]["inner_folds"],
                         pruning=self.cfg["tune"]["pruning"],
@@ -131,7 +132,7 @@ class Tuner:
         """run.json ``tuning``: per model and fold the best parameters and scores."""
         out = {"trials": self.cfg["tune"]["trials"], "minutes": self.cfg["tune"]["minutes"],
                "inner_folds": self.cfg["tune"]["inner_folds"], "seconds": round(self.t_total, 3),
-               "spaces": self.spaces(), "models": {}}
+               "metric": self.metric, "spaces": self.spaces(), "models": {}}
         for (m, fold), r in self.results.items():
             out["models"].setdefault(m, {})[fold] = {
                 "params": r.params, "features": r.features, "best_inner": r.best_value,

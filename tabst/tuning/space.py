@@ -171,7 +171,7 @@ def apply_features(spec: dict, values: dict) -> dict:
 
 TUNE_DEFAULTS = {"enabled": False, "trials": 30, "minutes": None, "inner_folds": 3,
                  "models": "auto", "keep_default": True, "pruning": True, "spaces": {},
-                 "fixed": None}
+                 "fixed": None, "metric": None}
 #: parameters set for every trial and the tuned refit (not searched): XGBoost's rounds come
 #: from early stopping, so a tuned learning rate is not cut short by a small round budget
 DEFAULT_FIXED = {"xgboost": {"n_estimators": 400, "early_stopping_rounds": 20}}
@@ -236,6 +236,12 @@ def validate_tune(tune: dict, models: list[str], source: str) -> dict:
             raise TabstError(f"{where}.models' tunes {n}, but its space is empty and so is "
                              "tune.spaces.features.")
         full[n] = {d.key: {d.kind: list(d.values)} for d in dists}
+    from ..evaluate import METRICS
+
+    metric = out["metric"]
+    if metric is not None and metric not in METRICS:
+        raise TabstError(f"{where}.metric' must be one of {', '.join(METRICS)} (or null: the "
+                         f"run's primary_metric), got {metric!r}.")
     fixed = DEFAULT_FIXED if out["fixed"] is None else out["fixed"]
     if not isinstance(fixed, dict):
         raise TabstError(f"{where}.fixed' must be a mapping model -> parameters, got {fixed!r}.")
