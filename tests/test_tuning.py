@@ -209,7 +209,8 @@ def test_trials_are_scored_on_tune_metric(tmp_path):
                                         "tune.spaces.tree={max_depth: {int: [1, 6]}}",
                                         "tune.spaces.features={}"],
                       show_progress=False, render=False)
-    tuning = json.loads((run / "run.json").read_text())["tuning"]
+    record = json.loads((run / "run.json").read_text())
+    tuning = record["tuning"]
     assert tuning["metric"] == "mse"
     info = tuning["models"]["tree"]
     assert all(r["best_inner"] <= r["default_inner"] for r in info.values()), info
@@ -217,7 +218,7 @@ def test_trials_are_scored_on_tune_metric(tmp_path):
     assert (trials["inner_score"].dropna() > 0).all()  # MSEs, not correlations near 0
     from tabst.report.tuning import load_tuning
 
-    T = load_tuning(run, json.loads((run / "run.json").read_text()))
+    T = load_tuning(run, record)
     assert T["metric"] == "mse" and T["direction"] < 0
 
 
