@@ -11,7 +11,7 @@ $(BIN)/python:
 	$(BIN)/pip install --quiet --upgrade pip
 
 $(STAMP): $(BIN)/python pyproject.toml
-	$(BIN)/pip install --quiet -e '.[dev,spatial,transformers]'
+	$(BIN)/pip install --quiet -e '.[dev,spatial,transformers,dask]'
 	touch $(STAMP)
 
 install: $(STAMP)

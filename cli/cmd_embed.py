@@ -60,6 +60,10 @@ def register(app, ingest_app):
                                          "scale) or resize to the patch size"),
         force: bool = typer.Option(False, "--force", help="recompute a dataset made with other "
                                    "settings"),
+        cluster: Optional[str] = typer.Option(None, "--cluster",
+                                              help="embed on Dask workers: local (one per "
+                                                   "core), local:N, or a scheduler address "
+                                                   "tcp://host:8786 (same result bit for bit)"),
     ):
         """Embed a patch per cell with an image encoder and compute interpretable features.
 
@@ -74,7 +78,8 @@ def register(app, ingest_app):
                           resize=resize, weights=weights, weights_sha256=weights_sha256,
                           encoder_kwargs=parse_kwargs(encoder_kwargs),
                           batch_size=batch_size, workers=workers, device=device, name=name,
-                          features=not no_features, force=force, per_cell_fit=per_cell_fit)
+                          features=not no_features, force=force, per_cell_fit=per_cell_fit,
+                          cluster=cluster)
         note = " [bold red](RANDOM WEIGHTS)[/]" if weights == "random" else ""
         console.print(f"embeddings: /embeddings/{out}{note}"
                       + ("" if no_features else "; features: /features/morphology"))

@@ -131,7 +131,8 @@ def embed_store(store_path, encoder: str = "resnet50", layer: str | None = None,
                 batch_size: int | None = None,
                 workers: int | None = None, device: str = "auto", name: str | None = None,
                 features: bool = True, force: bool = False, per_cell_fit: str = "crop",
-                show_progress: bool = True, _stop_after_batches: int | None = None) -> str:
+                cluster: str | None = None, show_progress: bool = True,
+                _stop_after_batches: int | None = None) -> str:
     """Embed one patch per cell into ``/embeddings/<name>`` (and ``/features/morphology``).
 
     Parameters
@@ -158,6 +159,8 @@ def embed_store(store_path, encoder: str = "resnet50", layer: str | None = None,
     features : also compute ``/features/morphology`` in the same pass (unless complete already).
     force : restart a dataset whose recorded settings differ (else that is refused).
     per_cell_fit : ``"crop"`` or ``"resize"`` for per-cell patch images (:func:`fit_patch`).
+    cluster : ``local``, ``local:N`` or a Dask scheduler address: embed the shards on its
+        workers (:mod:`tabst.embed_dask`; same result bit for bit). None: this process.
 
     Returns
     -------
@@ -168,23 +171,28 @@ def embed_store(store_path, encoder: str = "resnet50", layer: str | None = None,
                         encoder_kwargs=encoder_kwargs, batch_size=batch_size, workers=workers,
                         device=device, name=name,
                         features=features, force=force, per_cell_fit=per_cell_fit,
-                        show_progress=show_progress, _stop_after_batches=_stop_after_batches)
+                        cluster=cluster, show_progress=show_progress,
+                        _stop_after_batches=_stop_after_batches)
 
 
-def run_pipeline(store_path, *, encoder: str | None, **options) -> str | None:
+def run_pipeline(store_path, *, encoder: str | None, cluster: str | None = None,
+                 **options) -> str | None:
     """Shared pass behind :func:`embed_store` and :func:`tabst.morphology.compute_features`.
 
     ``encoder=None`` computes features only (then a differing complete feature set is refused
     without ``force``; with an encoder it is kept and a note printed). The store's lock
     (:func:`tabst.outputs.output_lock`) is held throughout, so a second tabst process writing
-    the same store stops at once with the pid of this one.
+    the same store stops at once with the pid of this one. ``cluster``: see
+    :func:`tabst.cluster.cluster_client` (started once the store is locked).
     """
+    from .cluster import cluster_client, parse_cluster
     from .outputs import lock_if_possible
 
+    parse_cluster(cluster)  # a bad value fails before anything starts
     if not Path(store_path).is_file():  # the usual "no such store" error; no lock file beside it
         return _pipeline(store_path, encoder=encoder, **options)
-    with lock_if_possible(store_path, "store"):
-        return _pipeline(store_path, encoder=encoder, **options)
+    with lock_if_possible(store_path, "store"), cluster_client(cluster) as client:
+        return _pipeline(store_path, encoder=encoder, client=client, **options)
 
 
 def _pipeline(store_path, *, encoder: str | None, layer: str | None = None, patch_size="auto",
@@ -192,7 +200,7 @@ def _pipeline(store_path, *, encoder: str | None, layer: str | None = None, patc
               batch_size: int | None = None, workers=None, device: str = "auto", name=None,
               features: bool = True, force: bool = False, per_cell_fit: str = "crop",
               show_progress: bool = True, feature_params: dict | None = None,
-              _stop_after_batches=None) -> str | None:
+              client=None, _stop_after_batches=None) -> str | None:
     from rich.console import Console
 
     from .images import reader_class, sample_attrs
@@ -289,14 +297,25 @@ def _pipeline(store_path, *, encoder: str | None, layer: str | None = None, patc
         from .encoders import build_encoder
         from .encoders.batching import auto_batch_size, precision_of
 
-        dev = _resolve_device(device)
+        if client is None:
+            dev = _resolve_device(device)
+        else:
+            from .embed_dask import cluster_device
+
+            dev = cluster_device(client, device)
         precision = precision_of(spec, dev)
         if str(weights) == "auto":  # recorded as what it means (a resume of older runs agrees)
             weights = "imagenet" if spec.family == "torchvision" else "hub"
         # Build the model first: it resolves the weights (and their hash) for name + settings.
         model, info = build_encoder(encoder, layer, weights, weights_sha256, encoder_kwargs)
         if batch_size is None:
-            batch_size = auto_batch_size(model, spec, dev, resize or max(sizes))
+            if client is not None and dev == "cuda":  # measured on a worker's GPU
+                from .embed_dask import worker_batch_size
+
+                batch_size = worker_batch_size(client, encoder, layer, weights, encoder_kwargs,
+                                               spec, resize or max(sizes))
+            else:
+                batch_size = auto_batch_size(model, spec, dev, resize or max(sizes))
         name = name or default_name(encoder, layer, ps, resize, weights, info.weights_sha256)
         settings = {"encoder": info.encoder, "layer": layer, "weights": info.weights,
                     "weights_id": info.weights_id, "weights_sha256": info.weights_sha256,
@@ -452,6 +471,18 @@ def _pipeline(store_path, *, encoder: str | None, layer: str | None = None, patc
                            want_patches=emb is not None,
                            feature_cols=feat["names"] if feat is not None else None,
                            neigh=neigh, row_values=row_values)
+    label = f"embedding {emb['name']}" if emb is not None else f"features/{FEATURES_NAME}"
+    if client is not None:
+        from .embed_dask import model_recipe, run_shards
+
+        recipe = None if emb is None else model_recipe(
+            model, emb["info"], encoder=encoder, layer=layer, weights=weights,
+            sha256=weights_sha256, kwargs=encoder_kwargs, device=dev,
+            precision=emb["settings"]["precision"])
+        run_shards(client, store_path, dataset, range(first_batch, n_batches), n, recipe=recipe,
+                   emb_name=emb["name"] if emb is not None else None, feat=feat is not None,
+                   show_progress=show_progress, label=label, t_start=t_start)
+        return name
     run_batches(store_path, dataset, range(first_batch, n_batches), n, start,
                  model=model if emb is not None else None, dev=dev,
                  emb_name=emb["name"] if emb is not None else None, feat=feat is not None,
@@ -459,6 +490,5 @@ def _pipeline(store_path, *, encoder: str | None, layer: str | None = None, patc
                  workers=(default_workers(dev or "cpu", encoder=emb is not None)
                           if workers is None else int(workers)),
                  show_progress=show_progress, stop_after=_stop_after_batches,
-                 t_start=t_start, label=(f"embedding {emb['name']}" if emb is not None
-                        else f"features/{FEATURES_NAME}"))
+                 t_start=t_start, label=label)
     return name

@@ -19,6 +19,23 @@ class SimulatedInterruption(RuntimeError):
     """Raised by the ``_stop_after_batches`` test hook (an interruption after a flushed batch)."""
 
 
+def forward(model, patches, dev: str, precision: str) -> np.ndarray:
+    """One batch through the encoder: uint8 ``[b, S, S, 3]`` (tensor or array) -> float32
+    ``[b, D]``; on CUDA under autocast with the run's precision, cuDNN deterministic."""
+    import torch
+
+    xb = torch.as_tensor(patches)
+    if dev != "cuda":
+        with torch.inference_mode():
+            return model(xb).float().numpy()
+    from .encoders.batching import autocast_dtype
+
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+    with torch.inference_mode(), torch.autocast("cuda", dtype=autocast_dtype(precision)):
+        return model(xb.to(dev, non_blocking=True)).float().cpu().numpy()
+
+
 def run_batches(store_path, dataset, batch_ids, n, start, *, model, dev, emb_name, feat,
                  workers, precision, show_progress, stop_after, label, t_start):
     from contextlib import nullcontext
@@ -40,12 +57,6 @@ def run_batches(store_path, dataset, batch_ids, n, start, *, model, dev, emb_nam
         loader, grad_off = (dataset[k] for k in batch_ids), nullcontext()
     if model is not None:
         model = model.to(dev)
-        if dev == "cuda":
-            from .encoders.batching import autocast_dtype
-
-            amp_dtype = autocast_dtype(precision)
-            torch.backends.cudnn.benchmark = False
-            torch.backends.cudnn.deterministic = True
     kill_after = int(os.environ.get(KILL_ENV, "0") or 0)
     t_setup = time.perf_counter() - t_start
     it = iter(loader)  # workers fork here, before the store is opened for writing
@@ -65,14 +76,7 @@ def run_batches(store_path, dataset, batch_ids, n, start, *, model, dev, emb_nam
                 rows = np.asarray(b["rows"])
                 lo, hi = int(rows[0]), int(rows[-1]) + 1
                 if ds_e is not None:
-                    xb = b["patches"]
-                    xb = xb.to(dev, non_blocking=True) if dev == "cuda" else xb
-                    if dev == "cuda":
-                        with torch.autocast("cuda", dtype=amp_dtype):
-                            out = model(xb)
-                    else:
-                        out = model(xb)
-                    ds_e[lo:hi] = out.float().cpu().numpy()
+                    ds_e[lo:hi] = forward(model, b["patches"], dev, precision)
                 if ds_f is not None:
                     ds_f[lo:hi] = np.asarray(b["features"], dtype=np.float32)
                 f.flush()

@@ -288,8 +288,10 @@ def neighbourhood_features(x, y, samples, pixel_size_um: dict, radius_px=DEFAULT
 def compute_features(store_path, patch_size=32, *, batch_size: int = 256, workers=None,
                      per_cell_fit: str = "crop", force: bool = False, show_progress: bool = True,
                      radius_px: float = DEFAULT_RADIUS_PX, radius_um: float = DEFAULT_RADIUS_UM,
-                     k: int = DEFAULT_K, _stop_after_batches=None) -> str:
-    """Compute ``/features/morphology`` in one streaming, resumable pass (no encoder).
+                     k: int = DEFAULT_K, cluster: str | None = None,
+                     _stop_after_batches=None) -> str:
+    """Compute ``/features/morphology`` in one streaming, resumable pass (no encoder);
+    ``cluster``: on Dask workers (:mod:`tabst.embed_dask`), the same values.
 
     Interrupted runs resume from the attr ``rows_done``; ``complete`` is set at the end. An
     existing complete result with the same settings is kept (returns at once); different
@@ -299,8 +301,8 @@ def compute_features(store_path, patch_size=32, *, batch_size: int = 256, worker
 
     run_pipeline(store_path, encoder=None, patch_size=patch_size, batch_size=batch_size,
                  workers=workers, per_cell_fit=per_cell_fit, force=force, features=True,
-                 show_progress=show_progress, feature_params=dict(radius_px=float(radius_px),
-                                                                  radius_um=float(radius_um),
-                                                                  k=int(k)),
+                 cluster=cluster, show_progress=show_progress,
+                 feature_params=dict(radius_px=float(radius_px), radius_um=float(radius_um),
+                                     k=int(k)),
                  _stop_after_batches=_stop_after_batches)
     return FEATURES_NAME
