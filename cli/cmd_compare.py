@@ -50,6 +50,9 @@ def register(app, ingest_app):
         max_hours: Optional[float] = typer.Option(
             None, "--max-hours", help="refuse a run estimated over H hours (the estimate is "
             "printed first) and stop one that passes it; = --set max_hours=H"),
+        cluster: Optional[str] = typer.Option(
+            None, "--cluster", help="fit the (fold x model) tasks on Dask workers: local, "
+            "local:N or a scheduler address tcp://host:8786 (same results; = --set cluster=...)"),
     ):
         """Fit every model per sample-wise fold, score the challenge metrics, write a run folder
         (leaderboard.csv, per_gene.csv, predictions.h5, models/, report.html)."""
@@ -68,7 +71,7 @@ def register(app, ingest_app):
             sets = [*sets, f"max_hours={max_hours:.12f}"]  # a YAML float (1e-07 is text)
         run_dir = run_compare(store, config, out, overrides=sets, models=models, features=features,
                               folds=folds, unsafe_random_split=unsafe_random_split, genes=genes,
-                              force=force,
+                              force=force, cluster=cluster,
                               command=["tabst"] + sys.argv[1:])
         console.print(run_table(run_dir))
         report = run_dir / "report.html"

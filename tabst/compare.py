@@ -51,6 +51,8 @@ from pathlib import Path
 import numpy as np
 
 from . import cost
+from .cluster import cluster_client, describe
+from .compare_dask import fit_predict, submit_fits
 from .compare_support import (
     _codec_label,
     _fit_notes,
@@ -116,7 +118,8 @@ def _write_log(tmp: Path, name: str, text: str) -> None:
 # --------------------------------------------------------------------------------------------
 def run_compare(store, config=None, out=None, *, overrides=(), models=None, features=None,
                 folds=None, unsafe_random_split: bool = False, genes=None, force: bool = False,
-                show_progress: bool = True, render: bool = True, command=None) -> Path:
+                cluster: str | None = None, show_progress: bool = True, render: bool = True,
+                command=None) -> Path:
     """Benchmark every configured model with sample-wise folds; write a run folder.
 
     Parameters
@@ -135,6 +138,9 @@ def run_compare(store, config=None, out=None, *, overrides=(), models=None, feat
         picks ``/embeddings/<name>``), fold scheme, random-split permission.
     genes : str, optional
         ``--genes``: ``all``, ``hvg``, ``hvg:K`` or a gene list file (replaces config ``genes``).
+    cluster : str, optional
+        ``--cluster``: ``local``, ``local:N`` or a Dask scheduler address (replaces config
+        ``cluster``): the fits run as Dask tasks (:mod:`tabst.compare_dask`), same results.
     force : bool
         Replace an existing run folder.
     show_progress : bool
@@ -151,7 +157,7 @@ def run_compare(store, config=None, out=None, *, overrides=(), models=None, feat
     """
     t_start = time.perf_counter()
     cfg = load_config(config, overrides, models=models, folds=folds, embedding=features,
-                      unsafe_random_split=unsafe_random_split, genes=genes)
+                      unsafe_random_split=unsafe_random_split, genes=genes, cluster=cluster)
     if isinstance(cfg["embedding"], list):  # several embeddings: one sub-run each
         from .compare_multi import run_multi
 
@@ -164,10 +170,13 @@ def run_compare(store, config=None, out=None, *, overrides=(), models=None, feat
         out = Path("reports") / f"{cfg['name']}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
     out = Path(out)
     with atomic_dir(out, force=force) as tmp:  # checks --out, locks it, never replaces unasked
-        with opened(store) as f:
+        with opened(store) as f, cluster_client(cfg["cluster"]) as client:
             store_path = Path(f.filename).resolve()
             info = _compare_in(f, cfg, tmp, REGISTRY, FeatureBuilder, load_targets,
-                               rows_with_expression, show_progress, out=out)
+                               rows_with_expression, show_progress, out=out, client=client)
+            info["cluster"] = None if client is None else {
+                "workers": describe(client),
+                "fits_on_workers": int(info["timing"].pop("fits_on_workers", 0))}
         info["timing"]["total_seconds"] = round(time.perf_counter() - t_start, 3)
         run = _run_record(cfg, store_path, info, command)
         from .report.render import render_report
@@ -181,7 +190,7 @@ def run_compare(store, config=None, out=None, *, overrides=(), models=None, feat
 
 
 def _compare_in(f, cfg, tmp: Path, REGISTRY, FeatureBuilder, load_targets, rows_with_expression,
-                show_progress: bool, out: Path | None = None) -> dict:
+                show_progress: bool, out: Path | None = None, client=None) -> dict:
     import h5py
     import pandas as pd
 
@@ -232,6 +241,10 @@ def _compare_in(f, cfg, tmp: Path, REGISTRY, FeatureBuilder, load_targets, rows_
     def ycols(sel):  # columns of Y holding the store columns ``sel``
         return np.searchsorted(load_cols, sel)
     names = list(cfg["models"])
+
+    def plain(name):  # a model a Dask worker can fit: not tuned, on the run's feature set
+        m = None if name in tuned else REGISTRY[name](**model_params(cfg, name))
+        return m if m is not None and m.feature_spec(spec) == spec else None
     # inside a fit (ridge's CV, early-stopping splits, max_train_cells_per_group) rows are
     # grouped by sample even when the folds are by patient: a training fold may hold a single
     # patient, and inner splits by sample stay leak-free within it
@@ -310,6 +323,9 @@ def _compare_in(f, cfg, tmp: Path, REGISTRY, FeatureBuilder, load_targets, rows_
                 estimate = cost.estimate_compare(cfg, [n for n in names if n not in tuned],
                                                  REGISTRY, Xtr, Ytr, fit_groups, folds, fold,
                                                  fit_kw, t_build)
+            remote = {} if client is None else submit_fits(
+                client, names, plain, Xtr, Ytr, Xte, fit_groups[fold.train],
+                dict(feature_names=fnames, feature_groups=fgroups, target_names=genes_k))
             for name in names:
                 if pbar:
                     p.update(task, description=f"fold {fold.k + 1}/{len(folds)} · {name}")
@@ -329,16 +345,19 @@ def _compare_in(f, cfg, tmp: Path, REGISTRY, FeatureBuilder, load_targets, rows_
                     if name not in tuned and model.feature_spec(spec) != spec:  # e.g. context
                         Xa, Xb, fn, fg = _own_features(own, FeatureBuilder, f, model.feature_spec(
                             spec), tr, te, tmp / "features" / name / f"fold_{fold.k}")
+                    if name in remote:  # fitted on a Dask worker (tabst.compare_dask)
+                        model, P, predict_s = remote.pop(name).result()
+                        timing["fits_on_workers"] = timing.get("fits_on_workers", 0) + 1
+                    else:
+                        model, P, predict_s = fit_predict(model, Xa, Ytr, Xb,
+                                                          fit_groups[fold.train], dict(
+                                                              feature_names=fn, feature_groups=fg,
+                                                              target_names=genes_k))
                     labels[name] = model.display_name + (" (tuned)" if name in tuned else "")
                     codecs[name] = _codec_label(model)
-                    model.fit(Xa, Ytr, groups=fit_groups[fold.train], feature_names=fn,
-                              feature_groups=fg, target_names=genes_k)
-                    t1 = time.perf_counter()
-                    P = np.asarray(model.predict(Xb), dtype=np.float32)
                     if clip and model.expression_scale:  # scored as `tabst predict` writes
                         rec["n_clipped"] = int((P < 0).sum())
                         np.maximum(P, 0, out=P)
-                    predict_s = time.perf_counter() - t1
                     if P.shape != Yte.shape:
                         raise TabstError(f"predict returned shape {P.shape}, expected {Yte.shape}")
                     put(pg, name, P, description=f"predictions of {model.display_name}",
@@ -382,11 +401,16 @@ def _compare_in(f, cfg, tmp: Path, REGISTRY, FeatureBuilder, load_targets, rows_
             genes_all = [store_genes[j] for j in sel_all]
             cols = ycols(sel_all)
             Yall = Y if len(cols) == Y.shape[1] else Y[:, cols]
+            ok_names = [m for m in names if any(r["model"] == m and r["status"] == "ok"
+                                                for r in per_fold)]
+            remote = {} if client is None else submit_fits(
+                client, ok_names, plain, Xall, Yall, None, fit_groups,
+                dict(feature_names=list(fb.feature_names_), feature_groups=list(
+                    fb.feature_groups_), target_names=genes_all))
             for name in names:
                 if pbar:
                     p.update(task, description=f"refit on all rows · {name}")
-                ok = any(r["model"] == name and r["status"] == "ok" for r in per_fold)
-                if not ok:
+                if name not in ok_names:
                     refit[name] = {"status": "skipped", "error": "failed on every fold"}
                 else:
                     try:
@@ -404,8 +428,12 @@ def _compare_in(f, cfg, tmp: Path, REGISTRY, FeatureBuilder, load_targets, rows_
                             Xa, _, fn, fg = _own_features(own, FeatureBuilder, f,
                                                           model.feature_spec(spec), rows, None,
                                                           tmp / "features" / name / "all")
-                        model.fit(Xa, Yall, groups=fit_groups, feature_names=fn,
-                                  feature_groups=fg, target_names=genes_all)
+                        if name in remote:
+                            model = remote.pop(name).result()[0]
+                            timing["fits_on_workers"] = timing.get("fits_on_workers", 0) + 1
+                        else:
+                            fit_predict(model, Xa, Yall, None, fit_groups, dict(
+                                feature_names=fn, feature_groups=fg, target_names=genes_all))
                         model.save(tmp / "models" / name / "all")
                         refit[name] = {"status": "ok", "fit_seconds": model.fit_seconds_,
                                        "seconds": time.perf_counter() - t1,

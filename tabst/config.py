@@ -46,6 +46,10 @@ Keys (everything optional in a file; missing keys take the defaults of :data:`DE
     run will cost before fitting when a fold trains on >= 20,000 rows or ``max_hours`` is set
     (``true`` / ``false`` force it); ``max_hours`` refuses a run estimated over it and stops
     one that passes it (:mod:`tabst.cost`).
+``cluster``
+    ``null`` (default: one process), ``local``, ``local:N`` or a Dask scheduler address
+    (``tcp://host:8786``): fit the (fold x model) tasks on Dask workers
+    (:mod:`tabst.compare_dask`; ``--cluster`` overrides it).
 ``unsafe_random_split``
     Allow a cell-level random split (flagged in red in every output).
 ``primary_metric``
@@ -91,6 +95,7 @@ DEFAULTS: dict = {
     "clip_predictions": "auto",
     "estimate": "auto",
     "max_hours": None,
+    "cluster": None,
     "unsafe_random_split": False,
     "primary_metric": "cellwise_spearman",
     "seed": 0,
@@ -109,7 +114,7 @@ _TYPES: dict = {
     "models": list, "params": dict, "folds": str, "group_column": (str, type(None)),
     "region_column": (str, type(None)), "expect_transform": (str, type(None)),
     "clip_predictions": (str, bool), "estimate": (str, bool),
-    "max_hours": (int, float, type(None)),
+    "max_hours": (int, float, type(None)), "cluster": (str, type(None)),
     "unsafe_random_split": bool, "primary_metric": str,
     "seed": int, "refit_all": bool, "save_fold_models": bool, "genes": (dict, str), "embed": dict,
     "report": dict, "tune": dict,
@@ -279,6 +284,12 @@ def validate_config(cfg: dict, source: str = "config") -> dict:
     from .cost import check_max_hours
 
     out["max_hours"] = check_max_hours(out["max_hours"], source)
+    from .cluster import parse_cluster
+
+    try:
+        parse_cluster(out["cluster"])
+    except TabstError as e:
+        raise TabstError(f"{source}: key 'cluster': {e}") from None
     if out["seed"] < 0:
         raise TabstError(f"{source}: key 'seed' must be an integer >= 0, got {out['seed']!r}.")
     for m in dict.fromkeys(models + list(out["params"])):
@@ -362,7 +373,7 @@ def _check_model_params(cfg: dict, name: str, source: str) -> None:
 def load_config(name_or_path=None, overrides: Iterable[str] = (), **cli) -> dict:
     """Load a preset (by name or path; default ``default``), apply ``--set`` overrides and the
     command-line options in ``cli`` (``models``, ``folds``, ``embedding``, ``unsafe_random_split``,
-    ``genes`` (``--genes`` text, see :func:`tabst.genes.parse_genes_option`);
+    ``cluster``, ``genes`` (``--genes`` text, see :func:`tabst.genes.parse_genes_option`);
     ``None`` = not given), validate, return the resolved dict.
 
     Raises
@@ -386,7 +397,7 @@ def load_config(name_or_path=None, overrides: Iterable[str] = (), **cli) -> dict
         models = cli["models"]
         cfg["models"] = [m.strip() for m in models.split(",") if m.strip()] \
             if isinstance(models, str) else list(models)
-    for key in ("folds", "embedding"):
+    for key in ("folds", "embedding", "cluster"):
         if cli.get(key) is not None:
             cfg[key] = cli[key]
     if isinstance(cli.get("embedding"), str) and "," in cli["embedding"]:  # --features a,b
@@ -402,7 +413,8 @@ def load_config(name_or_path=None, overrides: Iterable[str] = (), **cli) -> dict
         cfg["unsafe_random_split"] = True
         if not str(cfg.get("folds", "")).startswith("random:"):
             cfg["folds"] = "random:5"
-    extra = sorted(set(cli) - {"models", "folds", "embedding", "unsafe_random_split", "genes"})
+    extra = sorted(set(cli) - {"models", "folds", "embedding", "unsafe_random_split", "genes",
+                               "cluster"})
     if extra:
         raise TypeError(f"load_config: unexpected options {extra}")
     return validate_config(cfg, source if not overrides else f"{source} (with --set)")

@@ -67,6 +67,7 @@ def run_record(cfg, store_path: Path, info: dict, command) -> dict:
         "embedding": info["embedding"], "feature_spec": info["feature_spec"],
         "features": info["features"], "models": cfg["models"], "labels": info["labels"],
         "refit": info["refit"], "timing": info["timing"], "tuning": info.get("tuning"),
+        "cluster": info.get("cluster"),
         "versions": package_versions(),
         "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count()},
     }

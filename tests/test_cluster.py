@@ -3,6 +3,8 @@ bit-identical to one process, a killed worker then a resumed rerun, a scheduler 
 there."""
 from __future__ import annotations
 
+import json
+
 import h5py
 import numpy as np
 import pytest
@@ -103,3 +105,50 @@ def test_cluster_address_with_no_scheduler_is_a_clear_error(tmp_path, monkeypatc
         assert "embeddings" not in f  # nothing half-written
     r = CliRunner().invoke(app, ["embed", str(p), "--cluster", "lcal"])
     assert r.exit_code == 1 and "expected local, local:N" in r.output
+
+
+def test_compare_on_local_cluster_equals_one_process(tmp_path):
+    import pandas as pd
+    from test_compare import FAST
+
+    from tabst.compare import run_compare
+
+    store = write_tiny_store(tmp_path / "s.h5", n_samples=3, cells_per_sample=50)
+    cfg = {**FAST, "models": ["ridge", "tree", "xgboost", "tabnet", "context-k0"],
+           "params": {**FAST["params"], "context-k0": {"hidden": 8, "width": 8, "epochs": 2,
+                                                       "n_models": 1}}}
+    a = run_compare(store, cfg, tmp_path / "a", show_progress=False, render=False)
+    b = run_compare(store, cfg, tmp_path / "b", cluster="local:2", show_progress=False,
+                    render=False)
+    la, lb = (pd.read_csv(d / "leaderboard.csv").set_index("model") for d in (a, b))
+    assert set(la.index) == {"mean", "ridge", "tree", "xgboost", "tabnet", "context-k0"}
+    assert (lb["status"] == "ok").all()
+    for m in ("cellwise_spearman_mean", "genewise_pearson_mean", "mse_mean"):
+        np.testing.assert_allclose(lb.loc[la.index, m], la[m], rtol=0, atol=1e-6, err_msg=m)
+    with h5py.File(a / "predictions.h5") as pa, h5py.File(b / "predictions.h5") as pb:
+        for k in pa:
+            if k.startswith("fold_"):
+                for m in pa[f"{k}/pred"]:
+                    np.testing.assert_allclose(pb[f"{k}/pred/{m}"][()], pa[f"{k}/pred/{m}"][()],
+                                               atol=1e-5, err_msg=f"{k} {m}")
+    run = json.loads((b / "run.json").read_text())
+    assert run["cluster"]["workers"].startswith("2 workers at tcp://")
+    assert run["cluster"]["fits_on_workers"] == 3 * 6 + 6  # every model: 3 folds + the refit
+    assert (b / "models" / "xgboost" / "all").is_dir()  # refit on a worker, saved by the client
+
+
+def test_compare_cluster_errors(tmp_path, monkeypatch):
+    from tabst_cli.app import app
+    from typer.testing import CliRunner
+
+    import tabst.cluster
+
+    monkeypatch.setattr(tabst.cluster, "CONNECT_TIMEOUT_S", 2)
+    store = write_tiny_store(tmp_path / "s.h5", n_samples=2, cells_per_sample=20)
+    out = tmp_path / "run"
+    r = CliRunner().invoke(app, ["compare", str(store), "--models", "ridge", "--out", str(out),
+                                 "--cluster", "tcp://127.0.0.1:9"])
+    assert r.exit_code == 1 and "no Dask scheduler answered" in r.output, r.output
+    assert not out.exists()  # nothing half-written
+    r = CliRunner().invoke(app, ["compare", str(store), "--set", "cluster=lcal"])
+    assert r.exit_code == 1 and "key 'cluster'" in r.output, r.output

@@ -226,6 +226,7 @@ class TabNetModel(TabstModel):
                           from_unsupervised=pretrainer, compute_importance=False,
                           callbacks=[_Bar(bar, task, supervised=True)])
         self.history_ = [float(v) for v in self.net_.history.history.get("val_mse", [])]
+        self.net_._callback_container = None  # holds the progress bar: a fitted model pickles
         self.ig_max_residual_ = self.ig_total_residual_ = float("nan")
         if self.device_ == "cuda":
             self.peak_gpu_mem_mb_ = torch.cuda.max_memory_allocated() / 2 ** 20
