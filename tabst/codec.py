@@ -16,6 +16,8 @@ import numpy as np
 
 from .errors import TabstError
 
+BLOCK = 16384  # rows per float64 block of the PCA codec (no float64 copy of a million rows)
+
 
 class IdentityCodec:
     """Codes are the targets themselves (no learning)."""
@@ -87,20 +89,24 @@ class PCACodec:
         return f"pca{self.k}"
 
     def fit(self, Y):
-        Y = np.asarray(Y, dtype=np.float64)
+        Y = np.asarray(Y)
         if Y.ndim != 2:
             raise TabstError(f"targets must be 2-D [n, G], got shape {Y.shape}.")
-        if not np.isfinite(Y).all():
-            raise TabstError("targets contain NaN or inf; use only rows with expression "
-                             "(tabst.dataset.rows_with_expression).")
         n, G = Y.shape
+        # mean and covariance in float64, accumulated in row blocks: no float64 copy of Y
+        total = np.zeros(G)
+        for s in range(0, n, BLOCK):
+            B = np.asarray(Y[s:s + BLOCK], dtype=np.float64)
+            if not np.isfinite(B).all():
+                raise TabstError("targets contain NaN or inf; use only rows with expression "
+                                 "(tabst.dataset.rows_with_expression).")
+            total += B.sum(axis=0)
         self.n_targets_ = G
         self.k_ = int(min(self.k, G, max(n, 1)))
-        self.mean_ = Y.mean(axis=0)
-        # covariance accumulated in row blocks to bound the float64 temporary
+        self.mean_ = total / max(n, 1)
         C = np.zeros((G, G))
-        for s in range(0, n, 16384):
-            B = Y[s:s + 16384] - self.mean_
+        for s in range(0, n, BLOCK):
+            B = np.asarray(Y[s:s + BLOCK], dtype=np.float64) - self.mean_
             C += B.T @ B
         evals, evecs = np.linalg.eigh(C)
         order = np.argsort(evals)[::-1][: self.k_]
@@ -114,12 +120,20 @@ class PCACodec:
         return self
 
     def encode(self, Y):
-        Y = np.asarray(Y, dtype=np.float64)
-        return ((Y - self.mean_) @ self.components_.T).astype(np.float32)
+        Y = np.asarray(Y)
+        out = np.empty((Y.shape[0], self.k_), dtype=np.float32)
+        for s in range(0, Y.shape[0], BLOCK):
+            B = np.asarray(Y[s:s + BLOCK], dtype=np.float64) - self.mean_
+            out[s:s + BLOCK] = B @ self.components_.T
+        return out
 
     def decode(self, Z):
-        Z = np.asarray(Z, dtype=np.float64)
-        return (self.mean_ + Z @ self.components_).astype(np.float32)
+        Z = np.asarray(Z)
+        out = np.empty((Z.shape[0], self.n_targets_), dtype=np.float32)
+        for s in range(0, Z.shape[0], BLOCK):
+            out[s:s + BLOCK] = self.mean_ + np.asarray(Z[s:s + BLOCK], np.float64) \
+                @ self.components_
+        return out
 
     def decode_attributions(self, values):
         """Attributions on the codes [n, F, k] → attributions on the genes [n, F, G].

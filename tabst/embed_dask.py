@@ -163,8 +163,9 @@ def run_shards(client, store_path, dataset, batch_ids, n, *, recipe, emb_name, f
     kill = int(os.environ.get(KILL_SHARD_ENV, "-1") or -1)
     t_setup = time.perf_counter() - t_start
     t0 = time.perf_counter()
-    data = client.scatter(dataset, broadcast=True)
-    rec = client.scatter(recipe, broadcast=True) if recipe is not None else None
+    # one copy on every worker (a list: a dict would be scattered value by value), so a dead
+    # worker loses no input of the others
+    data, rec = client.scatter([dataset, recipe], broadcast=True, hash=False)
     futures = {client.submit(embed_shard, data, rec, ids, kill=(j == kill), pure=False): j
                for j, ids in enumerate(shards)}
     failure = None

@@ -155,8 +155,14 @@ def make_folds(samples, spec: str = "leave-one-sample-out", *, groups=None,
 # --------------------------------------------------------------------------------------------
 # metrics
 # --------------------------------------------------------------------------------------------
+ROW_CHUNK = 8192  # cells scored at a time: float64 temporaries stay small at a million cells
+
+
 def _as2d(a, name) -> np.ndarray:
-    a = np.asarray(a, dtype=np.float64)
+    """``a`` as a 2-D float array; float32 stays float32 (each chunk is scored in float64)."""
+    a = np.asarray(a)
+    if a.dtype.kind != "f":
+        a = a.astype(np.float64)
     if a.ndim != 2:
         raise ValueError(f"{name} must be 2-D [cells, genes], got shape {a.shape}")
     return a
@@ -167,6 +173,11 @@ def _check(y_true, y_pred):
     if t.shape != p.shape:
         raise ValueError(f"y_true {t.shape} and y_pred {p.shape} differ in shape")
     return t, p
+
+
+def _chunks(n: int):
+    for lo in range(0, n, ROW_CHUNK):
+        yield slice(lo, min(n, lo + ROW_CHUNK))
 
 
 def _constant_rows(a: np.ndarray) -> np.ndarray:
@@ -194,22 +205,38 @@ def rowwise_pearson(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def cell_spearman_scores(y_true, y_pred) -> np.ndarray:
-    """Per-cell Spearman correlation across genes [n]; NaN (constant/non-finite row) -> 0."""
+    """Per-cell Spearman correlation across genes [n]; NaN (constant/non-finite row) -> 0.
+    Computed in chunks of :data:`ROW_CHUNK` cells (each row is independent)."""
     t, p = _check(y_true, y_pred)
-    if t.shape[0] == 0:
-        return np.zeros(0)
-    bad = ~(np.isfinite(t).all(axis=1) & np.isfinite(p).all(axis=1))
-    rt = rankdata(np.where(np.isfinite(t), t, 0.0), axis=1)
-    rp = rankdata(np.where(np.isfinite(p), p, 0.0), axis=1)
-    r = rowwise_pearson(rt, rp)
-    r[bad] = np.nan
-    return np.nan_to_num(r, nan=0.0)
+    out = np.zeros(t.shape[0])
+    for sl in _chunks(t.shape[0]):
+        tc, pc = t[sl].astype(np.float64), p[sl].astype(np.float64)
+        bad = ~(np.isfinite(tc).all(axis=1) & np.isfinite(pc).all(axis=1))
+        rt = rankdata(np.where(np.isfinite(tc), tc, 0.0), axis=1)
+        rp = rankdata(np.where(np.isfinite(pc), pc, 0.0), axis=1)
+        r = rowwise_pearson(rt, rp)
+        r[bad] = np.nan
+        out[sl] = np.nan_to_num(r, nan=0.0)
+    return out
 
 
 def cell_mse_scores(y_true, y_pred) -> np.ndarray:
     """Per-cell mean squared error over genes [n] (NaN where a value is non-finite)."""
     t, p = _check(y_true, y_pred)
-    return ((t - p) ** 2).mean(axis=1)
+    out = np.empty(t.shape[0])
+    for sl in _chunks(t.shape[0]):
+        out[sl] = ((t[sl].astype(np.float64) - p[sl]) ** 2).mean(axis=1)
+    return out
+
+
+def gene_mse(y_true, y_pred) -> np.ndarray:
+    """Per-gene mean squared error over the cells [G] (chunked)."""
+    t, p = _check(y_true, y_pred)
+    acc = np.zeros(t.shape[1])
+    for sl in _chunks(t.shape[0]):
+        acc += ((t[sl].astype(np.float64) - p[sl]) ** 2).sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return acc / t.shape[0]
 
 
 def hierarchical_mean(values, samples, regions=None) -> float:
@@ -277,21 +304,42 @@ class GenePearson:
         return int((self.constant_truth | self.constant_pred).sum())
 
 
-def _constant_cols(a: np.ndarray) -> np.ndarray:
-    """Genes (columns) that are constant over the cells (NaN-containing columns are not)."""
-    if a.shape[0] == 0:
-        return np.ones(a.shape[1], dtype=bool)
+def _column_stats(a: np.ndarray):
+    """(mean, constant mask) per column, one chunked pass: a column is constant when its span
+    is <= 1e-12 x its largest magnitude (NaN-containing columns are not constant)."""
+    n, G = a.shape
+    tot, lo, hi = np.zeros(G), np.full(G, np.inf), np.full(G, -np.inf)
+    finite = np.ones(G, dtype=bool)
+    for sl in _chunks(n):
+        c = a[sl].astype(np.float64)
+        tot += c.sum(axis=0)
+        lo, hi = np.fmin(lo, c.min(axis=0)), np.fmax(hi, c.max(axis=0))
+        finite &= np.isfinite(c).all(axis=0)
     with np.errstate(invalid="ignore"):
-        return _constant_rows(a.T) & np.isfinite(a).all(axis=0)
+        const = (hi - lo) <= 1e-12 * np.maximum(np.maximum(np.abs(lo), np.abs(hi)), 1e-300)
+    const &= finite
+    if n == 0:
+        const[:] = True
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return tot / n, const
 
 
 def genewise_pearson_detail(y_true, y_pred) -> GenePearson:
-    """Per gene Pearson over all cells given (one fold's test cells)."""
+    """Per gene Pearson over all cells given (one fold's test cells); two chunked passes
+    (means, then centred sums), so a million cells need no [cells, genes] float64 copy."""
     t, p = _check(y_true, y_pred)
-    ct, cp = _constant_cols(t), _constant_cols(p)
-    r = rowwise_pearson(t.T, p.T)
-    r[ct | cp] = np.nan
-    return GenePearson(np.nan_to_num(r, nan=0.0), ct, cp)
+    (mt, ct), (mp, cp) = _column_stats(t), _column_stats(p)
+    G = t.shape[1]
+    num, st, sp = np.zeros(G), np.zeros(G), np.zeros(G)
+    for sl in _chunks(t.shape[0]):
+        a, b = t[sl].astype(np.float64) - mt, p[sl].astype(np.float64) - mp
+        num += np.einsum("ij,ij->j", a, b)
+        st += np.einsum("ij,ij->j", a, a)
+        sp += np.einsum("ij,ij->j", b, b)
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        r = num / np.sqrt(st * sp)
+    r[ct | cp | ~np.isfinite(r)] = np.nan
+    return GenePearson(np.nan_to_num(np.clip(r, -1.0, 1.0), nan=0.0), ct, cp)
 
 
 def genewise_pearson(y_true, y_pred) -> float:
@@ -338,7 +386,7 @@ def score_fold(y_true, y_pred, samples, regions=None) -> FoldScores:
         genewise_pearson=gp.mean,
         mse=hierarchical_mean(cm, samples, regions),
         per_gene=gp,
-        per_gene_mse=((t - p) ** 2).mean(axis=0),
+        per_gene_mse=gene_mse(t, p),
         per_sample=per_sample,
     )
 

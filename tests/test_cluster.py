@@ -72,20 +72,23 @@ def test_embed_on_local_cluster_is_bit_identical_and_resumes_after_a_killed_work
         assert np.array_equal(fa["features/morphology"][()], fc["features/morphology"][()],
                               equal_nan=True)
 
-    # the worker of shard 3 (rows 32-47) dies; the run stops with a clear error, the rest kept
+    # the worker of shard 3 (rows 32-47) dies; the run stops with a clear error, finished shards
+    # are kept
     monkeypatch.setenv(embed_dask.KILL_SHARD_ENV, "2")
     with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
         with pytest.raises(TabstError, match="rerun the same command to resume"):
             embed_store(b, cluster="local:2", **KW)
-    with h5py.File(b) as f:
+    with h5py.File(b) as f:  # tasks queued on the dead worker fail too (no retries here)
         ds = f[f"embeddings/{name}"]
-        assert not bool(ds.attrs["complete"]) and int(ds.attrs["rows_done"]) == 32
-        assert embed_dask.done_bits(ds, 8).tolist() == [1, 1, 1, 1, 0, 0, 1, 1]
-        assert np.isnan(ds[32:48]).all() and np.isfinite(ds[48:]).all()
+        done = embed_dask.done_bits(ds, 8)
+        assert not bool(ds.attrs["complete"]) and not done[4:6].any() and done.any()
+        assert np.isnan(ds[32:48]).all()
+        assert all(np.isfinite(ds[k * 8:(k + 1) * 8]).all() for k in np.flatnonzero(done))
+        lost = 60 - sum(min(60, (k + 1) * 8) - k * 8 for k in np.flatnonzero(done))
     monkeypatch.delenv(embed_dask.KILL_SHARD_ENV)
     embed_store(b, cluster="local:2", **KW)
-    with h5py.File(b) as f:
-        assert int(f[f"embeddings/{name}"].attrs["last_run_rows"]) == 16  # only the lost shard
+    with h5py.File(b) as f:  # only the lost shards are recomputed
+        assert int(f[f"embeddings/{name}"].attrs["last_run_rows"]) == lost
     _same(ref, b, name)
 
 

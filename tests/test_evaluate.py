@@ -194,3 +194,28 @@ def test_fold_errors():
     with pytest.raises(TabstError, match="unknown fold scheme"):
         parse_folds("kfold")
     assert parse_folds("group-kfold:4") == ("group-kfold", 4)
+
+
+def test_scores_are_the_same_in_small_row_chunks(monkeypatch):
+    """Scoring streams the cells in chunks (a million cells need no float64 copy): chunks of 7
+    rows give the scores of one chunk, NaN / inf / constant genes and cells included."""
+    from tabst import evaluate
+
+    rng = np.random.default_rng(3)
+    t = rng.normal(size=(60, 9)).astype(np.float32)
+    p = (t + rng.normal(size=t.shape)).astype(np.float32)
+    t[:, 1] = 3.0
+    p[:, 2] = 1.5
+    t[5, 3], p[7, 4], t[9, :] = np.nan, np.inf, 3.0  # a constant cell, gene 1 stays constant
+    s = np.repeat(["a", "b", "c"], 20)
+    ref = evaluate.score_fold(t, p, s)
+    monkeypatch.setattr(evaluate, "ROW_CHUNK", 7)
+    got = evaluate.score_fold(t, p, s)
+    assert got.metrics() == pytest.approx(ref.metrics(), rel=1e-12, nan_ok=True)
+    np.testing.assert_allclose(got.per_gene.per_gene, ref.per_gene.per_gene, atol=1e-12)
+    assert (got.per_gene.constant_truth == ref.per_gene.constant_truth).all()
+    assert (got.per_gene.constant_pred == ref.per_gene.constant_pred).all()
+    assert got.per_gene.constant_truth[1] and got.per_gene.constant_pred[2]
+    assert not got.per_gene.constant_truth[3]  # a NaN column is not constant
+    np.testing.assert_allclose(got.per_gene_mse, ref.per_gene_mse, atol=1e-12)
+    assert 0 < got.per_gene.per_gene[0] < 1
