@@ -314,7 +314,7 @@ class TabstModel:
     def predict(self, X) -> np.ndarray:
         """Predictions [n, G] float32 (decoded through the codec)."""
         X = self._prepare(X)
-        return self.codec_.decode(self._predict(X)).astype(np.float32)
+        return self.codec_.decode(self._predict(X)).astype(np.float32, copy=False)
 
     def explain(self, X) -> Explanation:
         """Additive attributions [n, F, G] + base [G]; see each model for the method."""

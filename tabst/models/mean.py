@@ -25,10 +25,12 @@ class MeanModel(TabstModel):
     DEFAULTS: dict = {}
 
     def _fit(self, X, Z, groups):
-        self.mean_ = Z.astype(np.float64).mean(axis=0)
+        self.mean_ = np.asarray(Z).mean(axis=0, dtype=np.float64)  # no float64 copy of Z
 
     def _predict(self, X):
-        return np.broadcast_to(self.mean_, (X.shape[0], self.mean_.shape[0])).copy()
+        # the identity codec returns float32: fill that directly (no [n, G] float64 temporary)
+        dt = np.float32 if self.codec_.kind == "identity" else np.float64
+        return np.broadcast_to(self.mean_.astype(dt), (X.shape[0], self.mean_.shape[0])).copy()
 
     def _explain(self, X):
         values = np.zeros((X.shape[0], X.shape[1], self.mean_.shape[0]), dtype=np.float32)
