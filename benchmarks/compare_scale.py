@@ -28,27 +28,21 @@ FEATURES = ["nucleus_area", "nucleus_perimeter", "nucleus_eccentricity", "nucleu
             "hematoxylin_mean", "hematoxylin_std", "eosin_mean", "eosin_std",
             "density_r64px", "knn5_distance_px"]
 GROUPS = ["morphology"] * 4 + ["stain"] * 4 + ["neighbourhood"] * 2
+CHUNK = 50_000
 
 
 def make_store(path: Path, n: int, seed: int = 0) -> Path:
     """Cells whose expression depends on a few embedding directions, the morphology and the
-    sample (a batch effect), on a log1p scale like Crunch 1's X (non-negative)."""
+    sample (a batch effect), on a log1p scale like Crunch 1's X (non-negative); written in row
+    chunks of :data:`CHUNK`, so a million cells never sit in memory."""
     from tabst.store import build_provenance, create_store, put, set_attr
 
     rng = np.random.default_rng(seed)
     samples = np.repeat([f"S{s}" for s in range(N_SAMPLES)], int(np.ceil(n / N_SAMPLES)))[:n]
-    emb = rng.normal(size=(n, EMB_DIM)).astype(np.float32)
-    feats = rng.normal(size=(n, len(FEATURES))).astype(np.float32)
+    code = np.searchsorted(np.unique(samples), samples)
     W = rng.normal(size=(32, N_GENES)).astype(np.float32) / 4
     Wf = rng.normal(size=(len(FEATURES), N_GENES)).astype(np.float32) / 8
     shift = rng.normal(size=(N_SAMPLES, N_GENES)).astype(np.float32) / 4
-    code = np.searchsorted(np.unique(samples), samples)
-    expr = np.empty((n, N_GENES), np.float32)
-    for lo in range(0, n, 50_000):
-        hi = min(n, lo + 50_000)
-        z = emb[lo:hi, :32] @ W + feats[lo:hi] @ Wf + shift[code[lo:hi]] \
-            + rng.normal(size=(hi - lo, N_GENES)).astype(np.float32)
-        expr[lo:hi] = np.log1p(np.exp(z - 1.0))
     with create_store(path, force=True, provenance=build_provenance([], ["benchmark"])) as f:
         c = f.create_group("cells")
         put(c, "cell_id", np.array([f"c{i}" for i in range(n)], dtype=object),
@@ -64,17 +58,33 @@ def make_store(path: Path, n: int, seed: int = 0) -> Path:
                              channels=3, pixel_size_um=0.2125, spot_diameter_px=float("nan"),
                              description="benchmark (no pixels)").items():
                 set_attr(gs, k, v)
-        e = f.create_group("expression")
-        put(e, "X", expr, description="synthetic expression", unit="log1p(count/total*100)",
-            transform="log1p(count/total*100)")
-        put(e, "genes", np.array([f"G{i}" for i in range(N_GENES)], dtype=object),
+        dsets = {}
+        for grp, name, d, attrs in (
+                ("expression", "X", N_GENES, dict(description="synthetic expression",
+                                                  unit="log1p(count/total*100)",
+                                                  transform="log1p(count/total*100)")),
+                ("embeddings", "resnet50_layer3_p32_synthetic", EMB_DIM,
+                 dict(description="synthetic 1024-d embedding", encoder="synthetic",
+                      layer="layer3", weights="random", patch_size=32, complete=True)),
+                ("features", "morphology", len(FEATURES),
+                 dict(description="synthetic interpretable features", names=FEATURES,
+                      groups=GROUPS, complete=True))):
+            ds = f.require_group(grp).create_dataset(name, (n, d), np.float32,
+                                                     chunks=(min(n, 4096), d))
+            for k, v in attrs.items():
+                set_attr(ds, k, v)
+            dsets[grp] = ds
+        put(f["expression"], "genes", np.array([f"G{i}" for i in range(N_GENES)], dtype=object),
             description="genes")
-        eg = f.create_group("embeddings")
-        put(eg, "resnet50_layer3_p32_synthetic", emb, description="synthetic 1024-d embedding",
-            encoder="synthetic", layer="layer3", weights="random", patch_size=32, complete=True)
-        fg = f.create_group("features")
-        put(fg, "morphology", feats, description="synthetic interpretable features",
-            names=FEATURES, groups=GROUPS, complete=True)
+        for lo in range(0, n, CHUNK):
+            hi = min(n, lo + CHUNK)
+            emb = rng.normal(size=(hi - lo, EMB_DIM)).astype(np.float32)
+            feats = rng.normal(size=(hi - lo, len(FEATURES))).astype(np.float32)
+            z = emb[:, :32] @ W + feats @ Wf + shift[code[lo:hi]] \
+                + rng.normal(size=(hi - lo, N_GENES)).astype(np.float32)
+            dsets["expression"][lo:hi] = np.log1p(np.exp(z - 1.0))
+            dsets["embeddings"][lo:hi] = emb
+            dsets["features"][lo:hi] = feats
     return path
 
 

@@ -2,7 +2,7 @@
 
 For each size (default 100,000, 300,000 and 1,000,000 cells over 4 samples, 460 genes, a 1024-d
 embedding like ResNet50 layer3, 10 interpretable features) a synthetic store is written in row
-chunks (:func:`compare_scale.make_store`'s cells, never whole in memory) and
+chunks (:func:`compare_scale.make_store`, never whole in memory) and
 ``tabst compare --models mean,ridge,xgboost`` runs on it in a child process, once alone and
 once with ``--cluster local:2``. The default preset's feature set is used (embedding PCA 64,
 fitted streaming on each fold's training rows, + tissue + morphology + position), XGBoost with
@@ -26,67 +26,8 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compare_scale import EMB_DIM, FEATURES, GROUPS, N_GENES, N_SAMPLES  # noqa: E402
-
-CHUNK = 50_000
-
-
-def make_store(path: Path, n: int, seed: int = 0) -> Path:
-    """The cells of :func:`compare_scale.make_store`, written chunk by chunk."""
-    from tabst.store import build_provenance, create_store, put, set_attr
-
-    rng = np.random.default_rng(seed)
-    samples = np.repeat([f"S{s}" for s in range(N_SAMPLES)], int(np.ceil(n / N_SAMPLES)))[:n]
-    code = np.searchsorted(np.unique(samples), samples)
-    W = rng.normal(size=(32, N_GENES)).astype(np.float32) / 4
-    Wf = rng.normal(size=(len(FEATURES), N_GENES)).astype(np.float32) / 8
-    shift = rng.normal(size=(N_SAMPLES, N_GENES)).astype(np.float32) / 4
-    with create_store(path, force=True, provenance=build_provenance([], ["benchmark"])) as f:
-        c = f.create_group("cells")
-        put(c, "cell_id", np.array([f"c{i}" for i in range(n)], dtype=object),
-            description="cell id")
-        put(c, "sample", samples.astype(object), description="sample")
-        put(c, "tissue", np.full(n, "bench", dtype=object), description="tissue")
-        put(c, "x", rng.uniform(0, 20_000, n), description="x", unit="px")
-        put(c, "y", rng.uniform(0, 20_000, n), description="y", unit="px")
-        g = f.create_group("images")
-        for s in np.unique(samples):
-            gs = g.create_group(str(s))
-            for k, v in dict(kind="file", path="", mask_path="", height=20_000, width=20_000,
-                             channels=3, pixel_size_um=0.2125, spot_diameter_px=float("nan"),
-                             description="benchmark (no pixels)").items():
-                set_attr(gs, k, v)
-        dsets = {}
-        for grp, name, d, attrs in (
-                ("expression", "X", N_GENES, dict(description="synthetic expression",
-                                                  unit="log1p(count/total*100)",
-                                                  transform="log1p(count/total*100)")),
-                ("embeddings", "resnet50_layer3_p32_synthetic", EMB_DIM,
-                 dict(description="synthetic 1024-d embedding", encoder="synthetic",
-                      layer="layer3", weights="random", patch_size=32, complete=True)),
-                ("features", "morphology", len(FEATURES),
-                 dict(description="synthetic interpretable features", names=FEATURES,
-                      groups=GROUPS, complete=True))):
-            ds = f.require_group(grp).create_dataset(name, (n, d), np.float32,
-                                                     chunks=(min(n, 4096), d))
-            for k, v in attrs.items():
-                set_attr(ds, k, v)
-            dsets[grp] = ds
-        put(f["expression"], "genes", np.array([f"G{i}" for i in range(N_GENES)], dtype=object),
-            description="genes")
-        for lo in range(0, n, CHUNK):
-            hi = min(n, lo + CHUNK)
-            emb = rng.normal(size=(hi - lo, EMB_DIM)).astype(np.float32)
-            feats = rng.normal(size=(hi - lo, len(FEATURES))).astype(np.float32)
-            z = emb[:, :32] @ W + feats @ Wf + shift[code[lo:hi]] \
-                + rng.normal(size=(hi - lo, N_GENES)).astype(np.float32)
-            dsets["expression"][lo:hi] = np.log1p(np.exp(z - 1.0))
-            dsets["embeddings"][lo:hi] = emb
-            dsets["features"][lo:hi] = feats
-    return path
+from compare_scale import make_store  # noqa: E402
 
 
 def _tree_rss(pid: int) -> tuple[int, int]:
