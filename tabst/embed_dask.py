@@ -209,8 +209,7 @@ def run_shards(client, store_path, dataset, batch_ids, n, *, recipe, emb_name, f
             ds = f[nm]
             ds.attrs["rows_done"] = n
             ds.attrs["completed_utc"] = now_utc()
-            ds.attrs["last_run_rows"] = len(pending) and sum(
-                min(n, (k + 1) * bs) - k * bs for k in pending)
+            ds.attrs["last_run_rows"] = sum(min(n, (k + 1) * bs) - k * bs for k in pending)
             ds.attrs["last_run_setup_s"] = round(t_setup, 3)
             ds.attrs["last_run_loop_s"] = round(loop_s, 3)
             ds.attrs["last_run_cluster"] = f"{len(client.scheduler_info()['workers'])} workers"
